@@ -1,0 +1,1 @@
+"""One module per algorithm; `build` maps a config to its constructor."""

@@ -1,0 +1,127 @@
+"""The masked local-training engine shared by every algorithm.
+
+`make_local_trainer` closes over the model and the SGD hyperparameters and
+returns a pure function that runs E epochs of minibatch SGD on one client,
+starting from given parameters. Clients have different sizes: every client is
+padded to the same number of steps, a padded step leaves the whole state
+bit-identical, and a padded example contributes nothing to the loss. Shapes
+depend only on the configuration, so the round compiles once.
+
+SGD follows PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov):
+d = grad + wd * w; buf = momentum * buf + d (buf = d on the first step);
+then an algorithm's correction is added (as the original FedProx/PGD
+optimizer adds its proximal term after momentum) and w -= lr * d.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_seq.data.federated import FedData, Preprocess, client_schedule
+
+Params = Any
+Ctx = Any
+# correction(params, ctx) -> pytree added to the update direction.
+Correction = Callable[[Params, Ctx], Params]
+# post_step(new_params, ctx) -> ctx, run after each real step.
+PostStep = Callable[[Params, Ctx], Ctx]
+
+
+class SGD(NamedTuple):
+  lr: float
+  momentum: float = 0.0
+  weight_decay: float = 0.0
+
+
+class LocalResult(NamedTuple):
+  params: Params
+  ctx: Ctx
+  loss: jax.Array       # mean training loss over the client's real steps
+  num_steps: jax.Array  # real steps taken
+
+
+def tree_where(pred: jax.Array, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def masked_loss_fn(apply_fn: Callable, preprocess: Preprocess):
+  """loss(params, images_u8, labels, mask, key): mean cross-entropy over real examples."""
+
+  def loss(params, images, labels, mask, key):
+    logits = apply_fn(params, preprocess(images, key))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+  return loss
+
+
+def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
+                       local_epochs: int, batch_size: int, unroll: int | bool = 1):
+  """Returns `train(params, data, client_id, key, ctx, correction, post_step)`.
+
+  `unroll=True` unrolls the step loop: XLA:CPU runs convolutions inside a
+  while loop several times slower (see benchmarks/RESULTS.md).
+  """
+  loss_fn = masked_loss_fn(apply_fn, preprocess)
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,
+            ctx: Ctx = None, correction: Correction | None = None,
+            post_step: PostStep | None = None) -> LocalResult:
+    k_order, k_aug = jax.random.split(key)
+    idx, mask = client_schedule(k_order, data.client_idx[client_id],
+                                data.client_sizes[client_id], local_epochs, batch_size)
+    # Keyed by (epoch, step in epoch) so padding a client changes no real step.
+    spe = idx.shape[0] // local_epochs
+    step_keys = jax.vmap(lambda t: jax.random.fold_in(
+        jax.random.fold_in(k_aug, t // spe), t % spe))(jnp.arange(idx.shape[0]))
+    momentum = (jax.tree.map(jnp.zeros_like, params) if sgd.momentum else None)
+
+    def step(carry, inputs):
+      params, buf, ctx, loss_sum, steps = carry
+      b_idx, b_mask, b_key = inputs
+      loss, g = grad_fn(params, data.images[b_idx], data.labels[b_idx], b_mask, b_key)
+      d = jax.tree.map(lambda g, w: g + sgd.weight_decay * w, g, params)
+      new_buf = buf
+      if sgd.momentum:
+        new_buf = jax.tree.map(lambda b, d: sgd.momentum * b + d, buf, d)
+        d = new_buf
+      if correction is not None:
+        d = jax.tree.map(jnp.add, d, correction(params, ctx))
+      new_params = jax.tree.map(lambda w, d: w - sgd.lr * d, params, d)
+      new_ctx = post_step(new_params, ctx) if post_step is not None else ctx
+      real = b_mask.any()
+      carry = (tree_where(real, new_params, params), tree_where(real, new_buf, buf),
+               tree_where(real, new_ctx, ctx), loss_sum + jnp.where(real, loss, 0.0),
+               steps + real.astype(jnp.int32))
+      return carry, None
+
+    init = (params, momentum, ctx, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    (params, _, ctx, loss_sum, steps), _ = jax.lax.scan(
+        step, init, (idx, mask, step_keys), unroll=unroll)
+    return LocalResult(params, ctx, loss_sum / jnp.maximum(steps, 1), steps)
+
+  return train
+
+
+def resolve_strategy(strategy: str, backend: str | None = None) -> str:
+  """"auto": vmap across clients on accelerators, a per-client loop on CPU.
+
+  On XLA:CPU vmapping per-client weights turns convolutions into slow grouped
+  convolutions and dense layers into batched matmuls that are no faster than
+  a loop of jitted per-client updates (benchmarks/RESULTS.md).
+  """
+  backend = backend or jax.default_backend()
+  if strategy == "auto":
+    return "loop" if backend == "cpu" else "vmap"
+  return strategy
+
+
+def resolve_unroll(unroll: str | int, backend: str | None = None) -> int | bool:
+  """"auto": unroll the step loop on CPU (fast convolutions), roll it elsewhere."""
+  backend = backend or jax.default_backend()
+  if unroll == "auto":
+    return True if backend == "cpu" else 1
+  return int(unroll)

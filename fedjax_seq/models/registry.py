@@ -1,0 +1,31 @@
+"""Builds a model from `config.model.name`."""
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_seq.errors import UserError
+from fedjax_seq.models.lenet import LeNet, MLP
+
+MODELS = ("lenet", "mlp")
+
+
+def default_conv_impl(backend: str) -> str:
+  """im2col on CPU (XLA:CPU's conv backward is slow), lax.conv elsewhere."""
+  return "im2col" if backend == "cpu" else "xla"
+
+
+def get_model(name: str, num_classes: int, *, conv_impl: str = "auto",
+              compute_dtype: str = "float32"):
+  """Returns a Flax module; `conv_impl` "auto" picks per backend."""
+  if compute_dtype not in ("float32", "bfloat16"):
+    raise UserError(f"unknown compute dtype {compute_dtype!r}; valid: float32, bfloat16")
+  dtype = jnp.dtype(compute_dtype)
+  if name == "lenet":
+    if conv_impl == "auto":
+      conv_impl = default_conv_impl(jax.default_backend())
+    if conv_impl not in ("xla", "im2col"):
+      raise UserError(f"unknown conv impl {conv_impl!r}; valid: auto, xla, im2col")
+    return LeNet(num_classes=num_classes, conv_impl=conv_impl, dtype=dtype)
+  if name == "mlp":
+    return MLP(num_classes=num_classes, dtype=dtype)
+  raise UserError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")

@@ -1,0 +1,137 @@
+"""From a config to the pieces of a run: data, model, algorithm, round, evaluator.
+
+This is the only place that reads the config; everything below it takes plain
+values. `validate` runs before anything is loaded or written.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from fedjax_seq.algorithms.fairavg import fairavg
+from fedjax_seq.algorithms.fedavg import fedavg
+from fedjax_seq.algorithms.fedprox import fedprox
+from fedjax_seq.core import engine
+from fedjax_seq.core.rounds import Algorithm, make_round
+from fedjax_seq.data import partition as partition_lib
+from fedjax_seq.data import sources
+from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
+from fedjax_seq.errors import UserError
+from fedjax_seq.models import MODELS, get_model
+from fedjax_seq.training.evaluate import make_evaluator
+
+ALGORITHMS = ("fedavg", "fairavg", "fedprox")
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+def _check(cond: bool, msg: str):
+  if not cond:
+    raise UserError(msg)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError for any out-of-range or unknown value."""
+  c = config
+  _check(c.algorithm.name in ALGORITHMS,
+         f"unknown algorithm {c.algorithm.name!r}; valid: {', '.join(ALGORITHMS)}")
+  _check(c.data.name in sources.DATASETS,
+         f"unknown dataset {c.data.name!r}; valid: {', '.join(sources.DATASETS)}")
+  _check(c.model.name in MODELS, f"unknown model {c.model.name!r}; valid: {', '.join(MODELS)}")
+  _check(c.engine.strategy in STRATEGIES,
+         f"unknown engine.strategy {c.engine.strategy!r}; valid: {', '.join(STRATEGIES)}")
+  _check(c.rounds >= 1, f"config.rounds must be >= 1, got {c.rounds}")
+  _check(c.eval_every >= 1, f"config.eval_every must be >= 1, got {c.eval_every}")
+  _check(c.eval_batch_size >= 1, f"config.eval_batch_size must be >= 1, got {c.eval_batch_size}")
+  _check(c.data.num_clients >= 1, f"config.data.num_clients must be >= 1, got {c.data.num_clients}")
+  _check(c.data.alpha >= 0, f"config.data.alpha must be >= 0, got {c.data.alpha}")
+  _check(c.data.max_iter_dirichlet >= 1,
+         f"config.data.max_iter_dirichlet must be >= 1, got {c.data.max_iter_dirichlet}")
+  _check(c.data.exemplars_per_class >= 0,
+         f"config.data.exemplars_per_class must be >= 0, got {c.data.exemplars_per_class}")
+  _check(0 < c.client.fraction <= 1,
+         f"config.client.fraction must be in (0, 1], got {c.client.fraction}")
+  _check(c.client.local_epochs >= 1,
+         f"config.client.local_epochs must be >= 1, got {c.client.local_epochs}")
+  _check(c.client.batch_size >= 1, f"config.client.batch_size must be >= 1, got {c.client.batch_size}")
+  _check(c.client.lr > 0, f"config.client.lr must be > 0, got {c.client.lr}")
+  _check(0 <= c.client.momentum < 1, f"config.client.momentum must be in [0, 1), got {c.client.momentum}")
+  _check(c.client.weight_decay >= 0,
+         f"config.client.weight_decay must be >= 0, got {c.client.weight_decay}")
+  _check(c.algorithm.mu >= 0, f"config.algorithm.mu must be >= 0, got {c.algorithm.mu}")
+  _check(c.model.compute_dtype in ("float32", "bfloat16"),
+         f"unknown model.compute_dtype {c.model.compute_dtype!r}; valid: float32, bfloat16")
+  _check(c.model.conv_impl in ("auto", "xla", "im2col"),
+         f"unknown model.conv_impl {c.model.conv_impl!r}; valid: auto, xla, im2col")
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs, built once."""
+  data: FedData
+  algorithm: Algorithm
+  round_fn: Callable
+  evaluate: Callable
+  init_params: Any
+  num_classes: int
+  strategy: str
+  exemplars: tuple[np.ndarray, np.ndarray]  # held-out (images, labels)
+
+
+def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarray, np.ndarray]:
+  """Loads the dataset, splits it across clients, holds out test exemplars."""
+  d, s = config.data, config.data.synthetic
+  ds = sources.load_dataset(
+      d.name, d.dir, synthetic_train_size=s.train_size, synthetic_test_size=s.test_size,
+      synthetic_image_shape=(s.height, s.width, s.channels),
+      synthetic_num_classes=s.num_classes, seed=config.seed)
+  rng = np.random.default_rng(config.seed)
+  clients = partition_lib.partition(
+      ds.train_labels, d.num_clients, ds.num_classes, alpha=d.alpha, iid=d.iid,
+      max_iter=d.max_iter_dirichlet, rebalance=d.rebalance, rng=rng)
+  if min(len(c) for c in clients) == 0:
+    raise UserError("a client received no data; lower config.data.num_clients or raise "
+                    "config.data.alpha")
+  kept, exemplars = partition_lib.hold_out_exemplars(
+      ds.test_labels, ds.num_classes, d.exemplars_per_class, rng)
+  return ds, clients, kept, exemplars
+
+
+def build_algorithm(config, trainer, num_clients: int) -> Algorithm:
+  a, frac = config.algorithm, config.client.fraction
+  if a.name == "fedavg":
+    return fedavg(trainer, num_clients, frac)
+  if a.name == "fairavg":
+    return fairavg(trainer, num_clients, frac)
+  if a.name == "fedprox":
+    return fedprox(trainer, num_clients, frac, mu=a.mu)
+  raise UserError(f"unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}")
+
+
+def build(config) -> Experiment:
+  validate(config)
+  ds, clients, kept, exemplars = load_federated(config)
+  data = make_fed_data(ds.train_images, ds.train_labels, clients)
+  model = get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl,
+                    compute_dtype=config.model.compute_dtype)
+  preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
+  c = config.client
+  trainer = engine.make_local_trainer(
+      model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),
+      local_epochs=c.local_epochs, batch_size=c.batch_size,
+      unroll=engine.resolve_unroll(config.engine.unroll))
+  algorithm = build_algorithm(config, trainer, data.num_clients)
+  strategy = engine.resolve_strategy(config.engine.strategy)
+  k_init = jax.random.split(jax.random.key(config.seed))[0]
+  init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
+  evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
+                            config.eval_batch_size)
+  return Experiment(data, algorithm, make_round(algorithm, strategy), evaluate, init_params,
+                    ds.num_classes, strategy, (ds.test_images[exemplars], ds.test_labels[exemplars]))
+
+
+def round_key(seed: int, round_index: int) -> jax.Array:
+  """Key of round r: fold_in of the run's root, so a resumed run continues exactly."""
+  return jax.random.fold_in(jax.random.split(jax.random.key(seed))[1], round_index)

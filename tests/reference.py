@@ -1,0 +1,81 @@
+"""Plain NumPy references for the update rules, and tiny federated datasets.
+
+The model is multinomial logistic regression (the library's MLP with no
+hidden layer) on 2x2x1 images scaled to [0, 1], so every update can be
+written out by hand in float64.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_seq.core import engine
+from fedjax_seq.data.federated import Preprocess, client_schedule, make_fed_data
+from fedjax_seq.models.lenet import MLP
+
+NUM_CLASSES = 3
+MODEL = MLP(num_classes=NUM_CLASSES, hidden=())
+PREPROCESS = Preprocess(mean=(0.0,), std=(1.0,), augment=False)
+
+
+def tiny_data(sizes, seed=0):
+  """Clients of the given sizes over random 2x2x1 uint8 images."""
+  rng = np.random.default_rng(seed)
+  n = sum(sizes)
+  images = rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8)
+  labels = rng.integers(0, NUM_CLASSES, n).astype(np.int32)
+  bounds = np.cumsum([0] + list(sizes))
+  clients = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
+  return images, labels, make_fed_data(images, labels, clients)
+
+
+def init_params(seed=0):
+  return MODEL.init(jax.random.key(seed), jnp.zeros((1, 2, 2, 1)))
+
+
+def trainer(lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=2, unroll=1):
+  return engine.make_local_trainer(
+      MODEL.apply, PREPROCESS, engine.SGD(lr, momentum, weight_decay),
+      local_epochs=epochs, batch_size=batch_size, unroll=unroll)
+
+
+def to_np(params):
+  p = params["params"]["fc1"]
+  return np.asarray(p["kernel"], np.float64), np.asarray(p["bias"], np.float64)
+
+
+def batches(data, client_id, key, epochs, batch_size):
+  """The engine's own batch order for one client: a list of index arrays."""
+  k_order, _ = jax.random.split(key)
+  idx, mask = client_schedule(k_order, data.client_idx[client_id],
+                              data.client_sizes[client_id], epochs, batch_size)
+  idx, mask = np.asarray(idx), np.asarray(mask)
+  return [row[m] for row, m in zip(idx, mask) if m.any()]
+
+
+def grad(w, b, x, y):
+  """Gradient of mean softmax cross-entropy of logits x @ w + b."""
+  logits = x @ w + b
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[np.arange(len(y)), y] -= 1.0
+  p /= len(y)
+  return x.T @ p, p.sum(0)
+
+
+def local_sgd(w, b, images, labels, batch_list, lr, momentum=0.0, weight_decay=0.0,
+              correction=None):
+  """PyTorch SGD on the listed batches; correction(w, b) -> (dw, db) added after momentum."""
+  x_all = images.reshape(len(images), -1).astype(np.float64) / 255.0
+  bw, bb = np.zeros_like(w), np.zeros_like(b)
+  for batch in batch_list:
+    gw, gb = grad(w, b, x_all[batch], labels[batch])
+    dw, db = gw + weight_decay * w, gb + weight_decay * b
+    if momentum:
+      bw, bb = momentum * bw + dw, momentum * bb + db
+      dw, db = bw, bb
+    if correction is not None:
+      cw, cb = correction(w, b)
+      dw, db = dw + cw, db + cb
+    w, b = w - lr * dw, b - lr * db
+  return w, b

@@ -1,0 +1,95 @@
+"""The local-training engine: PyTorch SGD semantics, batches, exact masking."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from fedjax_seq.data.federated import client_schedule, make_fed_data, random_crop_flip
+
+
+def test_schedule_is_a_shuffled_dataloader():
+  row = jnp.array([10, 11, 12, 13, 14, 0, 0, 0])  # size 5 padded to 8
+  idx, mask = client_schedule(jax.random.key(0), row, jnp.int32(5), epochs=2, batch_size=2)
+  idx, mask = np.asarray(idx), np.asarray(mask)
+  assert idx.shape == mask.shape == (8, 2)  # 2 epochs x ceil(8/2) steps
+  # Per epoch: 3 real batches of sizes 2, 2, 1 (drop_last=False), then padding.
+  np.testing.assert_array_equal(mask.sum(1), [2, 2, 1, 0, 2, 2, 1, 0])
+  for e in range(2):
+    epoch = idx[4 * e:4 * e + 4][mask[4 * e:4 * e + 4]]
+    assert sorted(epoch) == [10, 11, 12, 13, 14]
+  assert not np.array_equal(idx[:4][mask[:4]], idx[4:][mask[4:]])  # fresh shuffle per epoch
+
+
+def test_schedule_does_not_depend_on_padding():
+  short = jnp.array([3, 4, 5])
+  padded = jnp.array([3, 4, 5, 0, 0, 0, 0])
+  a, ma = client_schedule(jax.random.key(3), short, jnp.int32(3), 2, 2)
+  b, mb = client_schedule(jax.random.key(3), padded, jnp.int32(3), 2, 2)
+  np.testing.assert_array_equal(np.asarray(a)[np.asarray(ma)], np.asarray(b)[np.asarray(mb)])
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.0, 4e-2), (0.9, 4e-2)])
+def test_local_sgd_matches_numpy_reference(momentum, weight_decay):
+  images, labels, data = ref.tiny_data([7, 3])
+  params = ref.init_params()
+  train = ref.trainer(lr=0.5, momentum=momentum, weight_decay=weight_decay, epochs=2,
+                      batch_size=3)
+  key = jax.random.key(5)
+  res = jax.jit(train)(params, data, jnp.int32(0), key)
+  w, b = ref.local_sgd(*ref.to_np(params), images, labels,
+                       ref.batches(data, 0, key, 2, 3), 0.5, momentum, weight_decay)
+  gw, gb = ref.to_np(res.params)
+  np.testing.assert_allclose(gw, w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gb, b, rtol=1e-5, atol=1e-6)
+  assert int(res.num_steps) == 2 * 3  # ceil(7/3) = 3 steps per epoch
+  assert np.abs(gw - ref.to_np(params)[0]).max() > 1e-2  # it did train
+
+
+def test_padded_steps_are_exact_no_ops():
+  """The same client, padded to many more steps, ends bit-identical."""
+  images, labels, _ = ref.tiny_data([5])
+  alone = make_fed_data(images, labels, [np.arange(5)])
+  big = np.concatenate([images, images, images, images])
+  padded = make_fed_data(big, np.tile(labels, 4), [np.arange(5), np.arange(5, 20)])
+  params = ref.init_params()
+  train = jax.jit(ref.trainer(lr=0.3, momentum=0.9, weight_decay=0.01, epochs=3, batch_size=2))
+  key = jax.random.key(1)
+  a = train(params, alone, jnp.int32(0), key)
+  b = train(params, padded, jnp.int32(0), key)
+  assert padded.max_client_size == 15 and alone.max_client_size == 5
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert int(a.num_steps) == int(b.num_steps) == 9
+  np.testing.assert_array_equal(np.asarray(a.loss), np.asarray(b.loss))
+
+
+def test_padded_examples_contribute_nothing():
+  """A partial batch's gradient is the mean over its real examples only."""
+  images, labels, data = ref.tiny_data([1])
+  params = ref.init_params()
+  res = ref.trainer(lr=1.0, batch_size=4)(params, data, jnp.int32(0), jax.random.key(0))
+  w, b = ref.local_sgd(*ref.to_np(params), images, labels, [np.array([0])], 1.0)
+  np.testing.assert_allclose(ref.to_np(res.params)[0], w, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_equals_rolled():
+  _, _, data = ref.tiny_data([6, 4])
+  params = ref.init_params()
+  key = jax.random.key(2)
+  a = jax.jit(ref.trainer(epochs=2, unroll=1))(params, data, jnp.int32(1), key)
+  b = jax.jit(ref.trainer(epochs=2, unroll=True))(params, data, jnp.int32(1), key)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_random_crop_flip_is_a_shifted_window():
+  x = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1.0
+  y = np.asarray(random_crop_flip(x, jax.random.key(0), pad=2))
+  assert y.shape == x.shape
+  for i in range(2):
+    padded = np.pad(np.asarray(x[i]), ((2, 2), (2, 2), (0, 0)))
+    windows = [padded[a:a + 6, c:c + 6] for a in range(5) for c in range(5)]
+    windows += [w[:, ::-1] for w in windows]
+    assert any(np.array_equal(y[i], w) for w in windows)

@@ -1,0 +1,45 @@
+"""Models: shapes, PyTorch-style init, and the two convolution formulations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_seq.errors import UserError
+from fedjax_seq.models import get_model
+
+
+@pytest.mark.parametrize("shape,fc1_in", [((3, 32, 32, 3), 1600), ((3, 28, 28, 1), 1024)])
+def test_lenet_im2col_equals_lax_conv(shape, fc1_in):
+  x = jax.random.normal(jax.random.key(0), shape)
+  y = jax.random.randint(jax.random.key(1), (shape[0],), 0, 10)
+  a, b = get_model("lenet", 10, conv_impl="xla"), get_model("lenet", 10, conv_impl="im2col")
+  params = a.init(jax.random.key(2), x)
+  assert params["params"]["fc1"]["kernel"].shape == (fc1_in, 384)
+  np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), atol=1e-5)
+
+  def loss(m):
+    return lambda p: jnp.mean(jax.nn.log_softmax(m.apply(p, x))[jnp.arange(shape[0]), y])
+
+  ga, gb = jax.grad(loss(a))(params), jax.grad(loss(b))(params)
+  for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(u, v, atol=1e-5)
+
+
+def test_lenet_parameter_count_and_torch_init():
+  params = get_model("lenet", 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert sum(p.size for p in jax.tree.leaves(params)) == 797962  # as the original's LeNet
+  k = np.asarray(params["params"]["fc1"]["kernel"])
+  bound = 1 / np.sqrt(1600)
+  assert np.abs(k).max() <= bound and np.abs(k).max() > 0.95 * bound
+
+
+def test_mlp_is_2nn():
+  params = get_model("mlp", 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  shapes = {k: v["kernel"].shape for k, v in params["params"].items()}
+  assert shapes == {"fc1": (784, 200), "fc2": (200, 200), "fc3": (200, 10)}
+
+
+def test_unknown_model_lists_valid_names():
+  with pytest.raises(UserError, match="lenet, mlp"):
+    get_model("resnet", 10)
