@@ -3,6 +3,7 @@
 Flags live here only; everything else is in fedjax_seq.training.
 """
 
+import logging
 import sys
 
 from absl import app, flags
@@ -16,16 +17,37 @@ flags.DEFINE_string("workdir", None, "Directory for config.json, metrics and che
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl parsing, with bad flags (e.g. a misspelt override) as one line."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    _fail(f"invalid flags: {e}")
+
+
+def _fail(message: str):
+  message = " ".join(message.replace("\\n", " ").replace("\\'", "").split())
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # JAX logs at INFO that it found no TPU; not news to a user.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   from fedjax_seq.training.train import train_and_evaluate
+  config = FLAGS.config
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    config.seed  # config_flags defers a config file's load error to first use.
+  except OSError as e:
+    _fail(f"cannot load --config: {e}")
+  try:
+    train_and_evaluate(config, FLAGS.workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

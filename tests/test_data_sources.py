@@ -32,7 +32,7 @@ def _dump(path, obj):
 
 
 def _write_cifar10(root):
-  """5 train batches of 2 images (ids 0..9) and a 3-image test batch (10..12)."""
+  """5 train batches of 2 images (ids 0..9), a test batch of 3 (10..12)."""
   d = root / "cifar-10-batches-py"
   d.mkdir(parents=True)
   for b in range(5):
@@ -53,7 +53,8 @@ def _tar(src_dir, tar_path):
 
 def _check_cifar_pixels(images, first):
   assert images.dtype == np.uint8
-  assert images[0, 0, 0].tolist() == [_pixel(first, ch, 0, 0) for ch in range(3)]
+  assert images[0, 0, 0].tolist() == [_pixel(first, ch, 0, 0)
+                                      for ch in range(3)]
   i, r, c, ch = np.meshgrid(np.arange(first, first + len(images)),
                             np.arange(32), np.arange(32), np.arange(3),
                             indexing="ij")
@@ -86,7 +87,8 @@ def test_cifar10_pickles_and_tarball(tmp_path):
 def test_cifar100_pickles_and_tarball(tmp_path):
   d = tmp_path / "x" / "cifar-100-python"
   d.mkdir(parents=True)
-  _dump(d / "train", {b"data": _cifar_rows(0, 4), b"fine_labels": [99, 0, 42, 7],
+  _dump(d / "train", {b"data": _cifar_rows(0, 4),
+                      b"fine_labels": [99, 0, 42, 7],
                       b"coarse_labels": [1, 2, 3, 4]})
   _dump(d / "test", {b"data": _cifar_rows(4, 2), b"fine_labels": [5, 64],
                      b"coarse_labels": [0, 0]})

@@ -15,7 +15,7 @@ from fedjax_seq.algorithms.fairavg import fairavg
 from fedjax_seq.algorithms.fedavg import fedavg
 from fedjax_seq.algorithms.fedprox import fedprox
 from fedjax_seq.core import engine
-from fedjax_seq.core.rounds import Algorithm, make_round
+from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
@@ -135,3 +135,8 @@ def build(config) -> Experiment:
 def round_key(seed: int, round_index: int) -> jax.Array:
   """Key of round r: fold_in of the run's root, so a resumed run continues exactly."""
   return jax.random.fold_in(jax.random.split(jax.random.key(seed))[1], round_index)
+
+
+def num_participants(config, data: FedData) -> int:
+  """Clients trained per round."""
+  return num_sampled(config.client.fraction, data.num_clients)

@@ -1,0 +1,71 @@
+"""Times steady-state rounds of a config; prints one JSON line.
+
+Run: python benchmarks/throughput.py --config=configs/fedavg.py \
+       --config.data.name=synthetic --rounds=3
+
+The round under test uses `config.engine.strategy` (auto: the engine's
+per-backend choice); it is compared with the same round run as a plain
+Python loop of one jitted per-client update (`speedup_vs_loop`).
+"""
+
+import json
+import time
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+from fedjax_seq.core import engine
+from fedjax_seq.core.rounds import make_round
+from fedjax_seq.training import experiment as experiment_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_integer("rounds", 3, "Timed rounds after the compile round.")
+flags.DEFINE_bool("compare_loop", True, "Also time the per-client loop baseline.")
+flags.mark_flags_as_required(["config"])
+
+
+def time_rounds(round_fn, state, data, seed, rounds):
+  """(compile+first-round seconds, median steady-state seconds per round)."""
+  t = time.perf_counter()
+  state, _ = round_fn(state, data, experiment_lib.round_key(seed, 0))
+  jax.block_until_ready(state)
+  first = time.perf_counter() - t
+  times = []
+  for r in range(1, rounds + 1):
+    t = time.perf_counter()
+    state, _ = round_fn(state, data, experiment_lib.round_key(seed, r))
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t)
+  steady = sorted(times)[len(times) // 2]
+  return first - steady, steady
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  exp = experiment_lib.build(config)
+  state = exp.algorithm.init(exp.init_params)
+  n = experiment_lib.num_participants(config, exp.data)
+  examples = config.client.local_epochs * n * float(exp.data.client_sizes.mean())
+  compile_s, steady = time_rounds(exp.round_fn, state, exp.data, config.seed, FLAGS.rounds)
+  out = {
+      "algorithm": config.algorithm.name, "model": config.model.name,
+      "dataset": config.data.name, "backend": jax.default_backend(),
+      "device": jax.devices()[0].device_kind, "strategy": exp.strategy,
+      "unroll": str(engine.resolve_unroll(config.engine.unroll)),
+      "clients_per_round": n, "examples_per_round": examples,
+      "seconds_per_round": round(steady, 4),
+      "examples_per_sec": round(examples / steady, 1), "compile_s": round(compile_s, 2),
+  }
+  if FLAGS.compare_loop:
+    _, loop_s = time_rounds(make_round(exp.algorithm, "loop"), state, exp.data, config.seed,
+                            FLAGS.rounds)
+    out["loop_seconds_per_round"] = round(loop_s, 4)
+    out["speedup_vs_loop"] = round(loop_s / steady, 3)
+  print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,111 @@
+"""Bad input: one-line `error:` on stderr, non-zero exit, nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from fedjax_seq.errors import UserError
+from fedjax_seq.training.train import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**overrides):
+  c = default.get_config()
+  c.data.name = "synthetic"
+  c.data.synthetic.train_size = 600
+  c.data.synthetic.test_size = 200
+  c.data.num_clients = 20
+  c.model.name = "mlp"
+  c.rounds = 2
+  c.eval_every = 1
+  for path, value in overrides.items():
+    node = c
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"data.name": "imagenet"}, "unknown dataset 'imagenet'; valid: cifar10"),
+    ({"model.name": "vgg"}, "unknown model 'vgg'; valid: lenet, mlp"),
+    ({"algorithm.name": "fedsgd"}, "unknown algorithm 'fedsgd'"),
+    ({"client.fraction": 0.0}, r"fraction must be in \(0, 1\]"),
+    ({"client.fraction": 1.5}, r"fraction must be in \(0, 1\]"),
+    ({"client.lr": -0.1}, "lr must be > 0"),
+    ({"eval_every": 0}, "eval_every must be >= 1"),
+    ({"data.num_clients": 601}, "more clients than examples"),
+    ({"data.name": "cifar10", "data.dir": "/nonexistent/cifar"}, "/nonexistent/cifar"),
+    ({"data.name": "fashion_mnist", "data.dir": "/nonexistent/fm"}, "dataset-fashion-mnist"),
+])
+def test_bad_input_raises_before_anything_is_written(tmp_path, overrides, message):
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match=message) as e:
+    train_and_evaluate(small_config(**overrides), str(workdir))
+  assert "\n" not in str(e.value)
+  assert not workdir.exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("keep me")
+  with pytest.raises(UserError, match="not a directory"):
+    train_and_evaluate(small_config(), str(path))
+  assert path.read_text() == "keep me"
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+  workdir = tmp_path / "run"
+  train_and_evaluate(small_config(), str(workdir))
+  before = (workdir / "metrics.jsonl").read_text()
+  with pytest.raises(UserError, match="already holds a run"):
+    train_and_evaluate(small_config(), str(workdir))
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_main_runs_and_writes_metrics(tmp_path):
+  workdir = tmp_path / "run"
+  proc = run_main("--config=configs/fedavg.py", f"--workdir={workdir}",
+                  "--config.data.name=synthetic", "--config.model.name=mlp",
+                  "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
+                  "--config.rounds=4", "--config.eval_every=2")
+  assert proc.returncode == 0, proc.stderr
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in records] == [2, 4]
+  for r in records:
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["elapsed_s"] > 0
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["rounds"] == 4 and config["data"]["name"] == "synthetic"
+  assert "final test accuracy" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.client.lr=-1"], "error: config.client.lr must be > 0, got -1"),
+    (["--config.data.name=cifar10", "--config.data.dir=/nonexistent"], "error: "),
+])
+def test_main_bad_input_is_one_line_without_traceback(tmp_path, args, message):
+  workdir = tmp_path / "run"
+  proc = run_main("--config=configs/fedavg.py", f"--workdir={workdir}", *args)
+  assert proc.returncode != 0
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+  assert not workdir.exists()
+
+
+def test_misspelt_override_is_refused(tmp_path):
+  proc = run_main("--config=configs/fedavg.py", f"--workdir={tmp_path / 'run'}",
+                  "--config.client.lrr=0.1")
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr and "lrr" in proc.stderr
+  assert not (tmp_path / "run").exists()
