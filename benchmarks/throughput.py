@@ -1,6 +1,6 @@
 """Times steady-state rounds of a config; prints one JSON line.
 
-Run: python benchmarks/throughput.py --config=configs/fedavg.py \
+Run (from the repository root): python -m benchmarks.throughput --config=configs/fedavg.py \
        --config.data.name=synthetic --rounds=3
 
 The round under test uses `config.engine.strategy` (auto: the engine's
@@ -55,7 +55,7 @@ def main(argv):
       "dataset": config.data.name, "backend": jax.default_backend(),
       "device": jax.devices()[0].device_kind, "strategy": exp.strategy,
       "unroll": str(engine.resolve_unroll(config.engine.unroll)),
-      "clients_per_round": n, "examples_per_round": examples,
+      "clients_per_round": n, "examples_per_round": round(examples, 1),
       "seconds_per_round": round(steady, 4),
       "examples_per_sec": round(examples / steady, 1), "compile_s": round(compile_s, 2),
   }
