@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import make_round
+from fedjax_seq.models import uses_lax_conv
 from fedjax_seq.training import experiment as experiment_lib
 
 FLAGS = flags.FLAGS
@@ -54,7 +55,8 @@ def main(argv):
       "algorithm": config.algorithm.name, "model": config.model.name,
       "dataset": config.data.name, "backend": jax.default_backend(),
       "device": jax.devices()[0].device_kind, "strategy": exp.strategy,
-      "unroll": str(engine.resolve_unroll(config.engine.unroll)),
+      "conv_impl": getattr(exp.model, "conv_impl", None),
+      "unroll": str(engine.resolve_unroll(config.engine.unroll, uses_lax_conv(exp.model))),
       "clients_per_round": n, "examples_per_round": round(examples, 1),
       "seconds_per_round": round(steady, 4),
       "examples_per_sec": round(examples / steady, 1), "compile_s": round(compile_s, 2),

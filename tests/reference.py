@@ -63,13 +63,25 @@ def grad(w, b, x, y):
   return x.T @ p, p.sum(0)
 
 
+def features(images):
+  return images.reshape(len(images), -1).astype(np.float64) / 255.0
+
+
 def local_sgd(w, b, images, labels, batch_list, lr, momentum=0.0, weight_decay=0.0,
-              correction=None):
-  """PyTorch SGD on the listed batches; correction(w, b) -> (dw, db) added after momentum."""
-  x_all = images.reshape(len(images), -1).astype(np.float64) / 255.0
+              correction=None, grad_term=None, post_step=None):
+  """PyTorch SGD on the listed batches.
+
+  grad_term(w, b) -> (gw, gb) is added to the loss gradient (before weight
+  decay and momentum), correction(w, b) after momentum; post_step(w, b) runs
+  after every step.
+  """
+  x_all = features(images)
   bw, bb = np.zeros_like(w), np.zeros_like(b)
   for batch in batch_list:
     gw, gb = grad(w, b, x_all[batch], labels[batch])
+    if grad_term is not None:
+      tw, tb = grad_term(w, b)
+      gw, gb = gw + tw, gb + tb
     dw, db = gw + weight_decay * w, gb + weight_decay * b
     if momentum:
       bw, bb = momentum * bw + dw, momentum * bb + db
@@ -78,4 +90,13 @@ def local_sgd(w, b, images, labels, batch_list, lr, momentum=0.0, weight_decay=0
       cw, cb = correction(w, b)
       dw, db = dw + cw, db + cb
     w, b = w - lr * dw, b - lr * db
+    if post_step is not None:
+      post_step(w, b)
   return w, b
+
+
+def mean_grad(w, b, images, labels, batch_list):
+  """Average of the per-batch mean-loss gradients (SCAFFOLD's option 1)."""
+  x_all = features(images)
+  gs = [grad(w, b, x_all[batch], labels[batch]) for batch in batch_list]
+  return sum(g[0] for g in gs) / len(gs), sum(g[1] for g in gs) / len(gs)

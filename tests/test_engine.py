@@ -37,7 +37,7 @@ def test_local_sgd_matches_numpy_reference(momentum, weight_decay):
   train = ref.trainer(lr=0.5, momentum=momentum, weight_decay=weight_decay, epochs=2,
                       batch_size=3)
   key = jax.random.key(5)
-  res = jax.jit(train)(params, data, jnp.int32(0), key)
+  res = jax.jit(train.train)(params, data, jnp.int32(0), key)
   w, b = ref.local_sgd(*ref.to_np(params), images, labels,
                        ref.batches(data, 0, key, 2, 3), 0.5, momentum, weight_decay)
   gw, gb = ref.to_np(res.params)
@@ -54,7 +54,7 @@ def test_padded_steps_are_exact_no_ops():
   big = np.concatenate([images, images, images, images])
   padded = make_fed_data(big, np.tile(labels, 4), [np.arange(5), np.arange(5, 20)])
   params = ref.init_params()
-  train = jax.jit(ref.trainer(lr=0.3, momentum=0.9, weight_decay=0.01, epochs=3, batch_size=2))
+  train = jax.jit(ref.trainer(lr=0.3, momentum=0.9, weight_decay=0.01, epochs=3, batch_size=2).train)
   key = jax.random.key(1)
   a = train(params, alone, jnp.int32(0), key)
   b = train(params, padded, jnp.int32(0), key)
@@ -69,7 +69,7 @@ def test_padded_examples_contribute_nothing():
   """A partial batch's gradient is the mean over its real examples only."""
   images, labels, data = ref.tiny_data([1])
   params = ref.init_params()
-  res = ref.trainer(lr=1.0, batch_size=4)(params, data, jnp.int32(0), jax.random.key(0))
+  res = ref.trainer(lr=1.0, batch_size=4).train(params, data, jnp.int32(0), jax.random.key(0))
   w, b = ref.local_sgd(*ref.to_np(params), images, labels, [np.array([0])], 1.0)
   np.testing.assert_allclose(ref.to_np(res.params)[0], w, rtol=1e-5, atol=1e-6)
 
@@ -78,8 +78,8 @@ def test_unrolled_equals_rolled():
   _, _, data = ref.tiny_data([6, 4])
   params = ref.init_params()
   key = jax.random.key(2)
-  a = jax.jit(ref.trainer(epochs=2, unroll=1))(params, data, jnp.int32(1), key)
-  b = jax.jit(ref.trainer(epochs=2, unroll=True))(params, data, jnp.int32(1), key)
+  a = jax.jit(ref.trainer(epochs=2, unroll=1).train)(params, data, jnp.int32(1), key)
+  b = jax.jit(ref.trainer(epochs=2, unroll=True).train)(params, data, jnp.int32(1), key)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 

@@ -31,7 +31,7 @@ def fedavg(trainer, num_clients: int, fraction: float, *, weighting: str = "size
   """Averages the sampled clients' models after local training.
 
   Args:
-    trainer: from `core.engine.make_local_trainer`.
+    trainer: a `core.engine.LocalTrainer`.
     num_clients: K.
     fraction: C; max(int(C*K), 1) clients per round, without replacement.
     weighting: "size" (FedAvg: weight by client dataset size) or "uniform"
@@ -51,7 +51,8 @@ def fedavg(trainer, num_clients: int, fraction: float, *, weighting: str = "size
 
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)
-    res = trainer(state.params, data, client_id, key, ctx=state.params, correction=correction)
+    res = trainer.train(state.params, data, client_id, key, ctx=state.params,
+                        correction=correction)
     size = data.client_sizes[client_id]
     weight = size if weighting == "size" else jnp.ones_like(size)
     return ClientOut(res.params, res.loss, weight.astype(jnp.float32))

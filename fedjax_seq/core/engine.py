@@ -8,9 +8,13 @@ bit-identical, and a padded example contributes nothing to the loss. Shapes
 depend only on the configuration, so the round compiles once.
 
 SGD follows PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov):
-d = grad + wd * w; buf = momentum * buf + d (buf = d on the first step);
-then an algorithm's correction is added (as the original FedProx/PGD
-optimizer adds its proximal term after momentum) and w -= lr * d.
+g = grad(loss) + grad_term(w); d = g + wd * w; buf = momentum * buf + d
+(buf = d on the first step); d = buf + correction(w); w -= lr * d.
+Algorithms plug in through two hooks: `grad_term`, the gradient of an extra
+loss term (FedDyn's regulariser, SCAFFOLD's control variate), and
+`correction`, added after momentum as the original FedProx (PGD) optimizer
+adds its proximal term. A `post_step` hook updates per-client state after
+every real step (the original FedDyn client does).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -23,7 +27,7 @@ from fedjax_seq.data.federated import FedData, Preprocess, client_schedule
 
 Params = Any
 Ctx = Any
-# correction(params, ctx) -> pytree added to the update direction.
+# grad_term(params, ctx) / correction(params, ctx) -> pytree like params.
 Correction = Callable[[Params, Ctx], Params]
 # post_step(new_params, ctx) -> ctx, run after each real step.
 PostStep = Callable[[Params, Ctx], Ctx]
@@ -33,6 +37,12 @@ class SGD(NamedTuple):
   lr: float
   momentum: float = 0.0
   weight_decay: float = 0.0
+
+
+class LocalTrainer(NamedTuple):
+  """`train` runs local SGD; `mean_gradient` averages gradients at fixed params."""
+  train: Callable
+  mean_gradient: Callable
 
 
 class LocalResult(NamedTuple):
@@ -59,17 +69,18 @@ def masked_loss_fn(apply_fn: Callable, preprocess: Preprocess):
 
 def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
                        local_epochs: int, batch_size: int, unroll: int | bool = 1):
-  """Returns `train(params, data, client_id, key, ctx, correction, post_step)`.
+  """Builds the engine for one model and one set of local hyperparameters.
 
-  `unroll=True` unrolls the step loop: XLA:CPU runs convolutions inside a
-  while loop several times slower (see benchmarks/RESULTS.md).
+  `train(params, data, client_id, key, ctx, grad_term, correction,
+  post_step) -> LocalResult` runs the client's E epochs from `params`.
+
+  `unroll` is passed to `lax.scan` over the steps (see `resolve_unroll`).
   """
   loss_fn = masked_loss_fn(apply_fn, preprocess)
   grad_fn = jax.value_and_grad(loss_fn)
 
-  def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,
-            ctx: Ctx = None, correction: Correction | None = None,
-            post_step: PostStep | None = None) -> LocalResult:
+  def batches(data: FedData, client_id: jax.Array, key: jax.Array):
+    """Example indices, masks and augmentation keys of every local step."""
     k_order, k_aug = jax.random.split(key)
     idx, mask = client_schedule(k_order, data.client_idx[client_id],
                                 data.client_sizes[client_id], local_epochs, batch_size)
@@ -77,12 +88,21 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
     spe = idx.shape[0] // local_epochs
     step_keys = jax.vmap(lambda t: jax.random.fold_in(
         jax.random.fold_in(k_aug, t // spe), t % spe))(jnp.arange(idx.shape[0]))
+    return idx, mask, step_keys
+
+  def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,
+            ctx: Ctx = None, grad_term: Correction | None = None,
+            correction: Correction | None = None,
+            post_step: PostStep | None = None) -> LocalResult:
+    idx, mask, step_keys = batches(data, client_id, key)
     momentum = (jax.tree.map(jnp.zeros_like, params) if sgd.momentum else None)
 
     def step(carry, inputs):
       params, buf, ctx, loss_sum, steps = carry
       b_idx, b_mask, b_key = inputs
       loss, g = grad_fn(params, data.images[b_idx], data.labels[b_idx], b_mask, b_key)
+      if grad_term is not None:
+        g = jax.tree.map(jnp.add, g, grad_term(params, ctx))
       d = jax.tree.map(lambda g, w: g + sgd.weight_decay * w, g, params)
       new_buf = buf
       if sgd.momentum:
@@ -103,7 +123,29 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
         step, init, (idx, mask, step_keys), unroll=unroll)
     return LocalResult(params, ctx, loss_sum / jnp.maximum(steps, 1), steps)
 
-  return train
+  def mean_gradient(params: Params, data: FedData, client_id: jax.Array,
+                    key: jax.Array) -> Params:
+    """Average task-loss gradient at fixed `params` over the client's batches.
+
+    One pass of `local_epochs` epochs of fresh batches, as the original
+    SCAFFOLD client's "option 1"; only the client's real batches count.
+    """
+    idx, mask, step_keys = batches(data, client_id, key)
+
+    def step(carry, inputs):
+      total, steps = carry
+      b_idx, b_mask, b_key = inputs
+      _, g = grad_fn(params, data.images[b_idx], data.labels[b_idx], b_mask, b_key)
+      real = b_mask.any()
+      total = jax.tree.map(lambda t, g: t + jnp.where(real, g, 0.0), total, g)
+      return (total, steps + real.astype(jnp.int32)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (total, steps), _ = jax.lax.scan(step, (zeros, jnp.zeros((), jnp.int32)),
+                                     (idx, mask, step_keys), unroll=unroll)
+    return jax.tree.map(lambda t: t / jnp.maximum(steps, 1), total)
+
+  return LocalTrainer(train, mean_gradient)
 
 
 def resolve_strategy(strategy: str, backend: str | None = None) -> str:
@@ -119,9 +161,15 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
   return strategy
 
 
-def resolve_unroll(unroll: str | int, backend: str | None = None) -> int | bool:
-  """"auto": unroll the step loop on CPU (fast convolutions), roll it elsewhere."""
+def resolve_unroll(unroll: str | int, uses_lax_conv: bool, backend: str | None = None) -> int | bool:
+  """"auto": unroll the local-step loop only where it pays.
+
+  XLA:CPU misses its fast convolution path inside a while loop, so a model
+  with `lax.conv` layers is unrolled on CPU. im2col convolutions and dense
+  layers run as fast rolled (benchmarks/RESULTS.md), and a rolled loop
+  compiles in constant time however many steps a client takes.
+  """
   backend = backend or jax.default_backend()
   if unroll == "auto":
-    return True if backend == "cpu" else 1
+    return True if (backend == "cpu" and uses_lax_conv) else 1
   return int(unroll)

@@ -50,6 +50,21 @@ def weighted_mean(trees, weights: jax.Array):
   return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), trees)
 
 
+def stacked_zeros(params, num_rows: int):
+  """`num_rows` zero copies of params: the initial per-client state."""
+  return jax.tree.map(lambda p: jnp.zeros((num_rows,) + p.shape, p.dtype), params)
+
+
+def gather_rows(tree, i: jax.Array):
+  """Row(s) i of a stacked per-client pytree."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def scatter_rows(tree, ids: jax.Array, rows):
+  """The stacked pytree with rows `ids` replaced; every other row untouched."""
+  return jax.tree.map(lambda x, r: x.at[ids].set(r), tree, rows)
+
+
 def round_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sampling key, training key) of a round."""
   k_sample, k_train = jax.random.split(key)

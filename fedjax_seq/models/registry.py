@@ -14,6 +14,11 @@ def default_conv_impl(backend: str) -> str:
   return "im2col" if backend == "cpu" else "xla"
 
 
+def uses_lax_conv(model) -> bool:
+  """Whether the model has `lax.conv` layers (slow inside loops on XLA:CPU)."""
+  return getattr(model, "conv_impl", None) == "xla"
+
+
 def get_model(name: str, num_classes: int, *, conv_impl: str = "auto",
               compute_dtype: str = "float32"):
   """Returns a Flax module; `conv_impl` "auto" picks per backend."""

@@ -20,7 +20,7 @@ from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
 from fedjax_seq.errors import UserError
-from fedjax_seq.models import MODELS, get_model
+from fedjax_seq.models import MODELS, get_model, uses_lax_conv
 from fedjax_seq.training.evaluate import make_evaluator
 
 ALGORITHMS = ("fedavg", "fairavg", "fedprox")
@@ -71,6 +71,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 class Experiment:
   """Everything a run needs, built once."""
   data: FedData
+  model: Any
   algorithm: Algorithm
   round_fn: Callable
   evaluate: Callable
@@ -121,14 +122,14 @@ def build(config) -> Experiment:
   trainer = engine.make_local_trainer(
       model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),
       local_epochs=c.local_epochs, batch_size=c.batch_size,
-      unroll=engine.resolve_unroll(config.engine.unroll))
+      unroll=engine.resolve_unroll(config.engine.unroll, uses_lax_conv(model)))
   algorithm = build_algorithm(config, trainer, data.num_clients)
   strategy = engine.resolve_strategy(config.engine.strategy)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
   init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
-  return Experiment(data, algorithm, make_round(algorithm, strategy), evaluate, init_params,
+  return Experiment(data, model, algorithm, make_round(algorithm, strategy), evaluate, init_params,
                     ds.num_classes, strategy, (ds.test_images[exemplars], ds.test_labels[exemplars]))
 
 
