@@ -16,8 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500     # test-set batch size (memory only; results do not depend on it)
 
   c.algorithm = ml_collections.ConfigDict()
-  c.algorithm.name = "fedavg"  # fedavg | fairavg | fedprox
+  c.algorithm.name = "fedavg"  # fedavg | fairavg | fedprox | scaffold | feddyn
   c.algorithm.mu = 0.01        # FedProx proximal coefficient (paper: 0.01)
+  c.algorithm.dyn_alpha = 0.1  # FedDyn regularisation alpha (paper: 0.1)
+  c.algorithm.dyn_variant = "paper"  # FedDyn: paper | original (the FedSeq code's client)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"      # cifar10 | cifar100 | fashion_mnist | mnist | synthetic

@@ -13,7 +13,9 @@ import numpy as np
 
 from fedjax_seq.algorithms.fairavg import fairavg
 from fedjax_seq.algorithms.fedavg import fedavg
+from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS, feddyn
 from fedjax_seq.algorithms.fedprox import fedprox
+from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled
 from fedjax_seq.data import partition as partition_lib
@@ -23,7 +25,7 @@ from fedjax_seq.errors import UserError
 from fedjax_seq.models import MODELS, get_model, uses_lax_conv
 from fedjax_seq.training.evaluate import make_evaluator
 
-ALGORITHMS = ("fedavg", "fairavg", "fedprox")
+ALGORITHMS = ("fedavg", "fairavg", "fedprox", "scaffold", "feddyn")
 STRATEGIES = ("auto", "vmap", "loop")
 
 
@@ -61,6 +63,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(c.client.weight_decay >= 0,
          f"config.client.weight_decay must be >= 0, got {c.client.weight_decay}")
   _check(c.algorithm.mu >= 0, f"config.algorithm.mu must be >= 0, got {c.algorithm.mu}")
+  _check(c.algorithm.dyn_alpha > 0,
+         f"config.algorithm.dyn_alpha must be > 0, got {c.algorithm.dyn_alpha}")
+  _check(c.algorithm.dyn_variant in DYN_VARIANTS,
+         f"unknown algorithm.dyn_variant {c.algorithm.dyn_variant!r}; valid: "
+         f"{', '.join(DYN_VARIANTS)}")
   _check(c.model.compute_dtype in ("float32", "bfloat16"),
          f"unknown model.compute_dtype {c.model.compute_dtype!r}; valid: float32, bfloat16")
   _check(c.model.conv_impl in ("auto", "xla", "im2col"),
@@ -108,6 +115,10 @@ def build_algorithm(config, trainer, num_clients: int) -> Algorithm:
     return fairavg(trainer, num_clients, frac)
   if a.name == "fedprox":
     return fedprox(trainer, num_clients, frac, mu=a.mu)
+  if a.name == "scaffold":
+    return scaffold(trainer, num_clients, frac)
+  if a.name == "feddyn":
+    return feddyn(trainer, num_clients, frac, alpha=a.dyn_alpha, variant=a.dyn_variant)
   raise UserError(f"unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}")
 
 
