@@ -109,3 +109,26 @@ def test_misspelt_override_is_refused(tmp_path):
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr and "lrr" in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_divergence_stops_with_the_round_and_no_nan_metrics(tmp_path):
+  workdir = tmp_path / "run"
+  c = small_config(**{"client.lr": 1e20, "rounds": 6, "eval_every": 1})
+  with pytest.raises(UserError, match=r"training diverged at round \d+ .*lower config.client.lr"):
+    train_and_evaluate(c, str(workdir))
+  lines = (workdir / "metrics.jsonl").read_text().splitlines() if (
+      workdir / "metrics.jsonl").exists() else []
+  for line in lines:
+    record = json.loads(line)
+    assert all(v == v for v in record.values())  # no NaN
+
+
+def test_main_reports_divergence_in_one_line(tmp_path):
+  proc = run_main("--config=configs/feddyn.py", f"--workdir={tmp_path / 'run'}",
+                  "--config.data.name=synthetic", "--config.model.name=mlp",
+                  "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
+                  "--config.client.lr=1e20", "--config.rounds=5", "--config.eval_every=1")
+  assert proc.returncode == 1
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "diverged at round" in lines[0], proc.stderr
+  assert "Traceback" not in proc.stderr

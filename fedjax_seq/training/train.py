@@ -1,6 +1,7 @@
 """The round loop: train, evaluate every `eval_every` rounds, write metrics."""
 
 import json
+import math
 import os
 import sys
 import time
@@ -95,12 +96,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     losses.append(metrics["train_loss"])
     if r % config.eval_every == 0 or r == config.rounds:
       train_losses = jax.device_get(jnp.stack(losses))
-      bad = [r - len(losses) + 1 + i for i, l in enumerate(train_losses) if not jnp.isfinite(l)]
-      if bad or not bool(_all_finite(state.params)):
-        at = bad[0] if bad else r
-        raise UserError(f"training diverged at round {at} (non-finite loss or parameters); "
-                        "lower config.client.lr or the algorithm's mu/alpha")
-      accuracy, loss = exp.evaluate(state.params)
+      bad = [r - len(losses) + 1 + i for i, l in enumerate(train_losses) if not math.isfinite(l)]
+      accuracy, loss = (exp.evaluate(state.params) if not bad and bool(_all_finite(state.params))
+                        else (None, math.nan))
+      if bad or not math.isfinite(loss):
+        raise UserError(f"training diverged at round {bad[0] if bad else r} (non-finite loss "
+                        "or parameters); lower config.client.lr or the algorithm's mu/alpha")
       record = {"round": r, "test_accuracy": accuracy, "test_loss": loss,
                 "train_loss": float(train_losses.mean()),
                 "elapsed_s": round(time.time() - start, 3)}
