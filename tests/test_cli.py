@@ -74,9 +74,10 @@ def run_main(*args):
                         text=True, timeout=300)
 
 
-def test_main_runs_and_writes_metrics(tmp_path):
+@pytest.mark.parametrize("config", ["fedavg", "fairavg", "fedprox", "scaffold", "feddyn"])
+def test_main_runs_and_writes_metrics(tmp_path, config):
   workdir = tmp_path / "run"
-  proc = run_main("--config=configs/fedavg.py", f"--workdir={workdir}",
+  proc = run_main(f"--config=configs/{config}.py", f"--workdir={workdir}",
                   "--config.data.name=synthetic", "--config.model.name=mlp",
                   "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
                   "--config.rounds=4", "--config.eval_every=2")
@@ -85,8 +86,9 @@ def test_main_runs_and_writes_metrics(tmp_path):
   assert [r["round"] for r in records] == [2, 4]
   for r in records:
     assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["elapsed_s"] > 0
-  config = json.loads((workdir / "config.json").read_text())
-  assert config["rounds"] == 4 and config["data"]["name"] == "synthetic"
+  written = json.loads((workdir / "config.json").read_text())
+  assert written["rounds"] == 4 and written["data"]["name"] == "synthetic"
+  assert written["algorithm"]["name"] == config
   assert "final test accuracy" in proc.stderr
 
 
