@@ -1,0 +1,1 @@
+"""Grouping of clients into FedSeq superclients."""

@@ -1,0 +1,255 @@
+"""Groups clients into FedSeq superclients.
+
+A superclient is a set of clients trained one after another within a round;
+the more its members' label distributions complement each other, the closer
+it behaves to a client holding i.i.d. data. Everything here is host numpy,
+and all randomness comes from the caller's `np.random.Generator`.
+"""
+
+from typing import Callable
+
+import numpy as np
+
+from fedjax_seq.errors import UserError
+
+MEASURES = ("kullback", "gini", "cosine", "wasserstein")
+METHODS = ("greedy", "kmeans", "random")
+_PROB_TOL = 1e-6
+_KMEANS_MAX_ITERS = 300
+
+
+def requires_probabilities(measure: str) -> bool:
+  """True for the measures that only make sense on probability vectors."""
+  return measure in ("kullback", "gini")
+
+
+def _kullback(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  # 1 - KL(m || uniform) with natural log; 0 log 0 counts as 0.
+  m = (g + c) / 2
+  d = m.shape[-1]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    terms = np.where(m > 0, m * np.log(m * d), 0.0)
+  return 1 - terms.sum(-1)
+
+
+def _gini(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  m = (g + c) / 2
+  return 1 - np.sum(m * m, axis=-1)
+
+
+def _cosine(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return 1 - (c @ g) / (np.linalg.norm(g) * np.linalg.norm(c, axis=-1))
+
+
+def _wasserstein_rows(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  # Equal-length samples with equal weights: mean gap of the sorted values.
+  return np.mean(np.abs(np.sort(c, axis=-1) - np.sort(g)), axis=-1)
+
+
+_BATCHED = {"kullback": _kullback, "gini": _gini, "cosine": _cosine,
+            "wasserstein": _wasserstein_rows}
+
+
+def _wasserstein(u: np.ndarray, v: np.ndarray) -> float:
+  """1-D earth mover's distance between the entries of `u` and of `v`."""
+  u, v = np.sort(np.ravel(u)), np.sort(np.ravel(v))
+  points = np.sort(np.concatenate([u, v]))
+  cdf_u = np.searchsorted(u, points[:-1], side="right") / len(u)
+  cdf_v = np.searchsorted(v, points[:-1], side="right") / len(v)
+  return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(points)))
+
+
+def _check_measure(name: str) -> None:
+  if name not in MEASURES:
+    raise UserError(f"unknown measure {name!r}; valid: {', '.join(MEASURES)}")
+
+
+def measure_fn(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+  """Returns measure(group_representer, client_representer), to be maximised.
+
+  * kullback: 1 - KL(m || uniform), m = (a + b) / 2, natural log.
+  * gini: 1 - sum(m**2), m = (a + b) / 2.
+  * cosine: 1 - cos(a, b).
+  * wasserstein: the 1-D Wasserstein distance between the entries of `a`
+    and of `b`, each taken as an equally weighted empirical sample (lengths
+    may differ).
+  """
+  _check_measure(name)
+  if name == "wasserstein":
+    return _wasserstein
+  batched = _BATCHED[name]
+  return lambda a, b: float(batched(np.asarray(a, float), np.asarray(b, float)))
+
+
+def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
+  """Projects rows (clients) onto their leading principal components.
+
+  Keeps the fewest components whose cumulative explained-variance ratio
+  exceeds `variance` (strictly, capped at all components), the rule of the
+  reference's full-SVD PCA. Each component's sign makes its largest-magnitude
+  loading positive, so the output is deterministic. With zero total variance
+  one all-zero column is returned.
+  """
+  x = np.asarray(x, dtype=np.float64)
+  if x.ndim != 2 or x.shape[0] < 1:
+    raise UserError(f"pca_reduce needs a non-empty 2-D array, got {x.shape}")
+  if not 0 < variance <= 1:
+    raise UserError(f"PCA variance must be in (0, 1], got {variance}")
+  centred = x - x.mean(axis=0)
+  _, s, vt = np.linalg.svd(centred, full_matrices=False)
+  total = np.sum(s**2)
+  if total == 0:
+    return np.zeros((x.shape[0], 1))
+  ratio_cumsum = np.cumsum(s**2) / total
+  keep = min(int(np.searchsorted(ratio_cumsum, variance, side="right")) + 1,
+             len(s))
+  vt = vt[:keep]
+  signs = np.sign(vt[np.arange(keep), np.argmax(np.abs(vt), axis=1)])
+  return centred @ (vt * signs[:, None]).T
+
+
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+  """Lloyd's k-means, one k-means++ seeding; returns a label per row.
+
+  Stops when no label changes (at most 300 iterations); a centre that loses
+  all its points stays where it is.
+  """
+  n = len(x)
+  centres = [x[rng.integers(n)]]
+  d2 = np.sum((x - centres[0])**2, axis=1)
+  for _ in range(1, k):
+    total = d2.sum()
+    i = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
+    centres.append(x[i])
+    d2 = np.minimum(d2, np.sum((x - x[i])**2, axis=1))
+  centres = np.array(centres)
+  labels = None
+  for _ in range(_KMEANS_MAX_ITERS):
+    new = np.argmin(((x[:, None, :] - centres[None])**2).sum(-1), axis=1)
+    if labels is not None and np.array_equal(new, labels):
+      break
+    labels = new
+    for j in range(k):
+      if np.any(labels == j):
+        centres[j] = x[labels == j].mean(axis=0)
+  return labels
+
+
+def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
+                  method: str, measure: str = "kullback", max_clients: int,
+                  min_examples: int, num_classes: int,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+  """Returns one int64 array of client ids per superclient.
+
+  Groups are filled one at a time: a group takes its next client while it is
+  empty, or while it has fewer than `min_examples` examples and fewer than
+  `max_clients` clients; otherwise it closes and the next one opens. The
+  next client comes from
+  * `greedy`: the remaining client maximising `measure(group representer,
+    client representer)`. The group representer is the size-weighted mean
+    of its members (the uniform vector 1/D while empty; the plain mean if its
+    members hold no examples). As in the reference, a client is chosen only
+    if its value is > 0 (NaN never is) and the first one wins ties; if none
+    qualifies, the lowest-id remaining client is taken.
+  * `kmeans`: k-means with k = min(num_classes, K) splits the clients into
+    homogeneous clusters; one cycle over the clusters, kept across groups,
+    takes the highest-id remaining client of each non-empty cluster in turn.
+    `measure` is unused.
+  * `random`: a permutation from `rng`; `representers` is unused.
+
+  Only the last group is checked against `min_examples` (earlier groups close
+  short only on `max_clients`). If it is short and other groups exist, the
+  groups with room are sorted once by example count (ascending, ties by
+  order) and, cycling over them, each in turn receives the last remaining
+  client of the short group while it has room. If it is the only group, it
+  is kept. Clients appear in the order they were added.
+  """
+  if method not in METHODS:
+    raise UserError(f"unknown grouping method {method!r}; valid: "
+                    f"{', '.join(METHODS)}")
+  _check_measure(measure)
+  if max_clients < 1:
+    raise UserError(f"max_clients must be >= 1, got {max_clients}")
+  if min_examples < 0:
+    raise UserError(f"min_examples must be >= 0, got {min_examples}")
+  sizes = np.asarray(sizes)
+  n = len(sizes)
+  if sizes.ndim != 1 or n < 1 or np.any(sizes < 0):
+    raise UserError("sizes must be a non-empty 1-D array of non-negative "
+                    f"example counts, got shape {sizes.shape}")
+  if method != "random":
+    reps = np.asarray(representers, dtype=np.float64)
+    if reps.ndim != 2 or len(reps) != n:
+      raise UserError(f"representers must have shape ({n}, D), got "
+                      f"{reps.shape}")
+
+  if method == "greedy":
+    if requires_probabilities(measure) and (
+        np.any(reps < 0) or np.any(np.abs(reps.sum(1) - 1) > _PROB_TOL)):
+      raise UserError(f"measure {measure!r} needs probability vectors (rows "
+                      "non-negative, summing to 1): use the `confidence` "
+                      "representation or another measure")
+    score = _BATCHED[measure]
+    left = list(range(n))
+
+    def pick(group: list[int]) -> int:
+      if not group:
+        rep = np.full(reps.shape[1], 1 / reps.shape[1])
+      elif sizes[group].sum() > 0:
+        rep = sizes[group] @ reps[group] / sizes[group].sum()
+      else:
+        rep = reps[group].mean(axis=0)
+      values = np.nan_to_num(score(rep, reps[left]), nan=-np.inf)
+      best = int(np.argmax(values))
+      return left.pop(best if values[best] > 0 else 0)
+  elif method == "kmeans":
+    if num_classes < 1:
+      raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    labels = _kmeans(reps, min(num_classes, n), rng)
+    clusters = [list(np.flatnonzero(labels == j))
+                for j in range(min(num_classes, n))]
+    turn = [0]
+
+    def pick(group: list[int]) -> int:
+      del group
+      while not clusters[turn[0] % len(clusters)]:
+        turn[0] += 1
+      turn[0] += 1
+      return int(clusters[(turn[0] - 1) % len(clusters)].pop())
+  else:
+    order = iter(rng.permutation(n).tolist())
+    pick = lambda group: next(order)
+
+  groups, group, examples = [], [], 0
+  for _ in range(n):
+    if group and not (examples < min_examples and len(group) < max_clients):
+      groups.append(group)
+      group, examples = [], 0
+    client = pick(group)
+    group.append(client)
+    examples += int(sizes[client])
+  if examples >= min_examples or not groups:
+    groups.append(group)
+  else:
+    _redistribute(group, groups, sizes, max_clients, min_examples)
+  return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
+def _redistribute(short: list[int], groups: list[list[int]],
+                  sizes: np.ndarray, max_clients: int,
+                  min_examples: int) -> None:
+  """Moves every client of the short last group into `groups`, in place."""
+  room = sum(max_clients - len(g) for g in groups)
+  if room < len(short):
+    raise UserError(
+        f"cannot form superclients: the last group has {len(short)} clients "
+        f"and {int(sizes[short].sum())} < min_examples={min_examples} "
+        f"examples, and the others have room for {room} more clients; raise "
+        "config.fedseq.max_clients or lower config.fedseq.min_examples")
+  open_groups = sorted((g for g in groups if len(g) < max_clients),
+                       key=lambda g: int(sizes[g].sum()))
+  while short:
+    for g in open_groups:
+      if short and len(g) < max_clients:
+        g.append(short.pop())

@@ -1,0 +1,139 @@
+"""FedSeq and FedSeqInter: chains, equivalences with FedAvg/FedSeq, FedDyn/Prox rules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from fedjax_seq.algorithms.fedavg import fedavg
+from fedjax_seq.algorithms.feddyn import dyn_local_update
+from fedjax_seq.algorithms.fedseq import LocalRule, fedseq, make_superclients
+from fedjax_seq.algorithms.fedseq_inter import fedseq_inter
+from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
+
+SIZES = [5, 3, 8, 2, 4, 6]
+K = len(SIZES)
+GROUPS = [np.array([2, 0, 5]), np.array([1, 4]), np.array([3])]  # padded to width 3
+
+
+def trainer():
+  return ref.trainer(lr=0.4, momentum=0.5, weight_decay=0.01, epochs=2, batch_size=3)
+
+
+def leaves_close(a, b, **kw):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
+def test_chain_equals_members_one_after_another():
+  _, _, data = ref.tiny_data(SIZES)
+  sc = make_superclients(GROUPS, np.array(SIZES))
+  tr = trainer()
+  alg = fedseq(tr, sc, K, 1.0, shuffle=False)
+  key = jax.random.key(7)
+  state, _ = make_round(alg, "vmap")(alg.init(ref.init_params()), data, key)
+  k_sample, k_train = round_keys(key)
+  models, weights = [], []
+  for group in GROUPS:
+    params = ref.init_params()
+    for cid in group:  # in table order: shuffling is off
+      params = tr.train(params, data, jnp.int32(cid), jax.random.fold_in(k_train, cid)).params
+    models.append(params)
+    weights.append(sum(SIZES[c] for c in group))
+  w = np.array(weights) / sum(weights)
+  expected = jax.tree.map(lambda *m: sum(a * x for a, x in zip(w, m)), *models)
+  leaves_close(state.params, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_single_member_superclients_are_fedavg():
+  _, _, data = ref.tiny_data(SIZES)
+  sc = make_superclients([np.array([k]) for k in range(K)], np.array(SIZES))
+  a, b = fedseq(trainer(), sc, K, 0.5), fedavg(trainer(), K, 0.5)
+  sa, sb = a.init(ref.init_params()), b.init(ref.init_params())
+  for r in range(2):
+    sa, _ = make_round(a, "vmap")(sa, data, jax.random.key(r))
+    sb, _ = make_round(b, "vmap")(sb, data, jax.random.key(r))
+  leaves_close(sa.params, sb.params, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", [LocalRule("plain"), LocalRule("prox", mu=0.5),
+                                  LocalRule("dyn", alpha=0.3)])
+def test_inter_with_reset_every_round_is_fedseq(rule):
+  _, _, data = ref.tiny_data(SIZES)
+  sc = make_superclients(GROUPS, np.array(SIZES))
+  a = fedseq(trainer(), sc, K, 0.67, rule=rule)
+  b = fedseq_inter(trainer(), sc, K, 0.67, rule=rule, period=1)
+  sa, sb = a.init(ref.init_params()), b.init(ref.init_params())
+  for r in range(3):
+    sa, _ = make_round(a, "vmap")(sa, data, jax.random.key(r))
+    sb, _ = make_round(b, "loop")(sb, data, jax.random.key(r))
+  leaves_close(sa.params, sb.params, rtol=1e-5, atol=1e-6)
+  if rule.name == "dyn":
+    leaves_close(sa.client_rows, sb.client_rows, rtol=1e-5, atol=1e-6)
+
+
+def test_inter_bank_continues_and_weights_accumulate():
+  """Never resetting: each slot continues its own model; weights are running sizes."""
+  _, _, data = ref.tiny_data(SIZES)
+  sc = make_superclients(GROUPS, np.array(SIZES))
+  tr = trainer()
+  alg = fedseq_inter(tr, sc, K, 0.67, period="never", shuffle=False)
+  round_fn = make_round(alg, "vmap")
+  state = alg.init(ref.init_params())
+  bank = [ref.init_params(), ref.init_params()]
+  weights = np.zeros(2)
+  for r in range(2):
+    key = jax.random.key(10 + r)
+    state, _ = round_fn(state, data, key)
+    k_sample, k_train = round_keys(key)
+    for slot, s in enumerate(np.asarray(sample_ids(k_sample, 3, 2))):
+      for cid in GROUPS[s]:
+        bank[slot] = tr.train(bank[slot], data, jnp.int32(cid),
+                              jax.random.fold_in(k_train, cid)).params
+      weights[slot] += sum(SIZES[c] for c in GROUPS[s])
+  w = weights / weights.sum()
+  leaves_close(state.params, jax.tree.map(lambda x, y: w[0] * x + w[1] * y, *bank),
+               rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(state.weights), weights)
+
+
+def test_fedseq_dyn_members_keep_their_own_state():
+  images, labels, data = ref.tiny_data(SIZES)
+  sc = make_superclients(GROUPS, np.array(SIZES))
+  tr = trainer()
+  rule = LocalRule("dyn", alpha=0.3, variant="paper")
+  alg = fedseq(tr, sc, K, 0.34, rule=rule, shuffle=False)  # one superclient per round
+  key = jax.random.key(3)
+  state, _ = make_round(alg, "vmap")(alg.init(ref.init_params()), data, key)
+  k_sample, k_train = round_keys(key)
+  (s,) = np.asarray(sample_ids(k_sample, 3, 1))
+  params = ref.init_params()
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  expected_rows = {}
+  for cid in GROUPS[s]:
+    res, g = dyn_local_update(tr, 0.3, "paper", params, zeros, data, jnp.int32(cid),
+                              jax.random.fold_in(k_train, cid))
+    params, expected_rows[cid] = res.params, g
+  for cid in range(K):
+    row = jax.tree.map(lambda x: x[cid], state.client_rows)
+    if cid in expected_rows:
+      leaves_close(row, expected_rows[cid], rtol=1e-5, atol=1e-7)
+    else:
+      assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(row))
+  # Server: FedDyn's update over the one superclient's final model, K clients.
+  h = jax.tree.map(lambda m, w0: -0.3 / K * (m - w0), params, ref.init_params())
+  leaves_close(state.params, jax.tree.map(lambda m, h: m - h / 0.3, params, h),
+               rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_and_shuffle_keep_vmap_equal_to_loop():
+  _, _, data = ref.tiny_data(SIZES)
+  sc = make_superclients(GROUPS, np.array(SIZES))
+  alg = fedseq(trainer(), sc, K, 1.0, sequential_rounds=2, dropout=0.4)
+  sv = sl = alg.init(ref.init_params())
+  for r in range(2):
+    sv, mv = make_round(alg, "vmap")(sv, data, jax.random.key(r))
+    sl, ml = make_round(alg, "loop")(sl, data, jax.random.key(r))
+  leaves_close(sv.params, sl.params, rtol=1e-5, atol=1e-6)
+  assert np.isfinite(float(mv["train_loss"]))
