@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500     # test-set batch size (memory only; results do not depend on it)
 
   c.algorithm = ml_collections.ConfigDict()
-  c.algorithm.name = "fedavg"  # fedavg | fairavg | fedprox | scaffold | feddyn
+  c.algorithm.name = "fedavg"  # fedavg | fairavg | fedprox | scaffold | feddyn | fedseq |
+  # fedseq_prox | fedseq_dyn | fedseq_inter | fedseq_inter_prox | fedseq_inter_dyn | centralized
   c.algorithm.mu = 0.01        # FedProx proximal coefficient (paper: 0.01)
   c.algorithm.dyn_alpha = 0.1  # FedDyn regularisation alpha (paper: 0.1)
   c.algorithm.dyn_variant = "paper"  # FedDyn: paper | original (the FedSeq code's client)
@@ -38,6 +39,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synthetic.width = 32
   c.data.synthetic.channels = 3
   c.data.synthetic.num_classes = 10
+
+  c.fedseq = ml_collections.ConfigDict()  # superclients (FedSeq family only)
+  c.fedseq.max_clients = 11      # at most this many clients per superclient
+  c.fedseq.min_examples = 800    # close a superclient once it holds this many examples
+  c.fedseq.grouping = "greedy"   # greedy | kmeans | random
+  c.fedseq.measure = "kullback"  # greedy's measure: kullback | gini | cosine | wasserstein
+  c.fedseq.representation = "confidence"  # confidence | classifier_last | classifier_last2 | classifier_all
+  c.fedseq.pca_variance = 0.9    # variance kept by PCA of classifier_* representations
+  c.fedseq.pretrain_epochs = 10  # client evaluation: local epochs of each client's own model
+  c.fedseq.evaluator_model = "lenet"  # model trained in client evaluation
+  c.fedseq.pretrain_chunk = 50   # clients pre-trained per vmapped chunk (memory bound)
+  c.fedseq.sequential_rounds = 1  # E_S: passes over a superclient's members per round
+  c.fedseq.shuffle = True        # shuffle members at every pass
+  c.fedseq.dropout = 0.0         # fraction of members dropped at every pass
+  c.fedseq.aggregation_period = "num_superclients"  # FedSeqInter: num_superclients | fraction_superclients | never
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet"       # lenet | mlp

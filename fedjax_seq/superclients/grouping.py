@@ -6,6 +6,7 @@ it behaves to a client holding i.i.d. data. Everything here is host numpy,
 and all randomness comes from the caller's `np.random.Generator`.
 """
 
+import itertools
 from typing import Callable
 
 import numpy as np
@@ -26,9 +27,8 @@ def requires_probabilities(measure: str) -> bool:
 def _kullback(g: np.ndarray, c: np.ndarray) -> np.ndarray:
   # 1 - KL(m || uniform) with natural log; 0 log 0 counts as 0.
   m = (g + c) / 2
-  d = m.shape[-1]
   with np.errstate(divide="ignore", invalid="ignore"):
-    terms = np.where(m > 0, m * np.log(m * d), 0.0)
+    terms = np.where(m > 0, m * np.log(m * m.shape[-1]), 0.0)
   return 1 - terms.sum(-1)
 
 
@@ -180,9 +180,9 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
                     f"example counts, got shape {sizes.shape}")
   if method != "random":
     reps = np.asarray(representers, dtype=np.float64)
-    if reps.ndim != 2 or len(reps) != n:
-      raise UserError(f"representers must have shape ({n}, D), got "
-                      f"{reps.shape}")
+    if reps.ndim != 2 or len(reps) != n or not np.all(np.isfinite(reps)):
+      raise UserError(f"representers must be finite with shape ({n}, D), "
+                      f"got shape {reps.shape}")
 
   if method == "greedy":
     if requires_probabilities(measure) and (
@@ -207,16 +207,15 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
     if num_classes < 1:
       raise UserError(f"num_classes must be >= 1, got {num_classes}")
     labels = _kmeans(reps, min(num_classes, n), rng)
-    clusters = [list(np.flatnonzero(labels == j))
-                for j in range(min(num_classes, n))]
-    turn = [0]
+    cycle = itertools.cycle([list(np.flatnonzero(labels == j))
+                             for j in range(min(num_classes, n))])
 
     def pick(group: list[int]) -> int:
       del group
-      while not clusters[turn[0] % len(clusters)]:
-        turn[0] += 1
-      turn[0] += 1
-      return int(clusters[(turn[0] - 1) % len(clusters)].pop())
+      cluster = next(cycle)
+      while not cluster:
+        cluster = next(cycle)
+      return int(cluster.pop())
   else:
     order = iter(rng.permutation(n).tolist())
     pick = lambda group: next(order)

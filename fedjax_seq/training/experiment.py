@@ -5,6 +5,7 @@ values. `validate` runs before anything is loaded or written.
 """
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
@@ -15,6 +16,8 @@ from fedjax_seq.algorithms.fairavg import fairavg
 from fedjax_seq.algorithms.fedavg import fedavg
 from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS, feddyn
 from fedjax_seq.algorithms.fedprox import fedprox
+from fedjax_seq.algorithms.fedseq import LocalRule, fedseq, make_superclients
+from fedjax_seq.algorithms.fedseq_inter import PERIODS, fedseq_inter
 from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled
@@ -23,9 +26,14 @@ from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
 from fedjax_seq.errors import UserError
 from fedjax_seq.models import MODELS, get_model, uses_lax_conv
+from fedjax_seq.superclients import formation, grouping
 from fedjax_seq.training.evaluate import make_evaluator
 
-ALGORITHMS = ("fedavg", "fairavg", "fedprox", "scaffold", "feddyn")
+# FedSeq family: name -> (inter, local rule)
+FEDSEQ = {"fedseq": (False, "plain"), "fedseq_prox": (False, "prox"), "fedseq_dyn": (False, "dyn"),
+          "fedseq_inter": (True, "plain"), "fedseq_inter_prox": (True, "prox"),
+          "fedseq_inter_dyn": (True, "dyn")}
+ALGORITHMS = ("fedavg", "fairavg", "fedprox", "scaffold", "feddyn", *FEDSEQ, "centralized")
 STRATEGIES = ("auto", "vmap", "loop")
 
 
@@ -68,6 +76,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(c.algorithm.dyn_variant in DYN_VARIANTS,
          f"unknown algorithm.dyn_variant {c.algorithm.dyn_variant!r}; valid: "
          f"{', '.join(DYN_VARIANTS)}")
+  f = c.fedseq
+  _check(f.grouping in grouping.METHODS,
+         f"unknown fedseq.grouping {f.grouping!r}; valid: {', '.join(grouping.METHODS)}")
+  _check(f.measure in grouping.MEASURES,
+         f"unknown fedseq.measure {f.measure!r}; valid: {', '.join(grouping.MEASURES)}")
+  _check(f.representation in formation.REPRESENTATIONS,
+         f"unknown fedseq.representation {f.representation!r}; valid: "
+         f"{', '.join(formation.REPRESENTATIONS)}")
+  _check(not (grouping.requires_probabilities(f.measure) and f.representation != "confidence"),
+         f"fedseq.measure={f.measure} needs probability vectors: use "
+         "fedseq.representation=confidence or measure cosine/wasserstein")
+  _check(f.aggregation_period in PERIODS,
+         f"unknown fedseq.aggregation_period {f.aggregation_period!r}; valid: {', '.join(PERIODS)}")
+  _check(f.evaluator_model in MODELS,
+         f"unknown fedseq.evaluator_model {f.evaluator_model!r}; valid: {', '.join(MODELS)}")
+  _check(f.max_clients >= 1, f"config.fedseq.max_clients must be >= 1, got {f.max_clients}")
+  _check(f.min_examples >= 0, f"config.fedseq.min_examples must be >= 0, got {f.min_examples}")
+  _check(f.pretrain_epochs >= 1,
+         f"config.fedseq.pretrain_epochs must be >= 1, got {f.pretrain_epochs}")
+  _check(f.pretrain_chunk >= 1, f"config.fedseq.pretrain_chunk must be >= 1, got {f.pretrain_chunk}")
+  _check(0 < f.pca_variance <= 1, f"config.fedseq.pca_variance must be in (0, 1], got {f.pca_variance}")
+  _check(f.sequential_rounds >= 1,
+         f"config.fedseq.sequential_rounds must be >= 1, got {f.sequential_rounds}")
+  _check(0 <= f.dropout < 1, f"config.fedseq.dropout must be in [0, 1), got {f.dropout}")
   _check(c.model.compute_dtype in ("float32", "bfloat16"),
          f"unknown model.compute_dtype {c.model.compute_dtype!r}; valid: float32, bfloat16")
   _check(c.model.conv_impl in ("auto", "xla", "im2col"),
@@ -86,6 +118,7 @@ class Experiment:
   num_classes: int
   strategy: str
   exemplars: tuple[np.ndarray, np.ndarray]  # held-out (images, labels)
+  superclients: dict | None = None  # FedSeq family: what superclients.json records
 
 
 def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarray, np.ndarray]:
@@ -107,7 +140,7 @@ def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarra
   return ds, clients, kept, exemplars
 
 
-def build_algorithm(config, trainer, num_clients: int) -> Algorithm:
+def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Algorithm:
   a, frac = config.algorithm, config.client.fraction
   if a.name == "fedavg":
     return fedavg(trainer, num_clients, frac)
@@ -119,29 +152,99 @@ def build_algorithm(config, trainer, num_clients: int) -> Algorithm:
     return scaffold(trainer, num_clients, frac)
   if a.name == "feddyn":
     return feddyn(trainer, num_clients, frac, alpha=a.dyn_alpha, variant=a.dyn_variant)
+  if a.name == "centralized":  # one client holding every training example
+    return fedavg(trainer, 1, 1.0)
+  if a.name in FEDSEQ:
+    inter, rule_name = FEDSEQ[a.name]
+    f = config.fedseq
+    rule = LocalRule(rule_name, mu=a.mu, alpha=a.dyn_alpha, variant=a.dyn_variant)
+    options = dict(rule=rule, sequential_rounds=f.sequential_rounds, shuffle=f.shuffle,
+                   dropout=f.dropout)
+    if inter:
+      return fedseq_inter(trainer, superclients, num_clients, frac,
+                          period=f.aggregation_period, **options)
+    return fedseq(trainer, superclients, num_clients, frac, **options)
   raise UserError(f"unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}")
 
 
-def build(config) -> Experiment:
+def make_trainer(config, model, preprocess, local_epochs: int):
+  c = config.client
+  return engine.make_local_trainer(
+      model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),
+      local_epochs=local_epochs, batch_size=c.batch_size,
+      unroll=engine.resolve_unroll(config.engine.unroll, uses_lax_conv(model)))
+
+
+def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exemplars,
+                      preprocess: Preprocess, strategy: str, stream=None):
+  """Pre-trains the clients, extracts representers and groups them: (groups, summary)."""
+  f = config.fedseq
+  start = time.time()
+  rng = np.random.default_rng(config.seed + 1)
+  sizes = np.asarray(data.client_sizes)
+  if f.grouping == "random":  # needs no client evaluation
+    representers = np.zeros((data.num_clients, 0))
+  else:
+    model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl,
+                      compute_dtype=config.model.compute_dtype)
+    trainer = make_trainer(config, model, preprocess, f.pretrain_epochs)
+    k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
+    init = model.init(k_init, ds.train_images[:1].astype(np.float32))
+
+    def progress(done, total):
+      if stream is not None:
+        print(f"superclient formation: pre-trained {done}/{total} clients "
+              f"({time.time() - start:.0f} s)", file=stream, flush=True)
+
+    models = formation.pretrain(trainer, init, data, k_train, strategy=strategy,
+                                chunk=f.pretrain_chunk, progress=progress)
+    if f.representation == "confidence":
+      representers = formation.confidence_vectors(model.apply, preprocess, models, exemplars[0],
+                                                  exemplars[1], ds.num_classes)
+    else:
+      representers = grouping.pca_reduce(
+          formation.classifier_representers(models, f.representation), f.pca_variance)
+  groups = grouping.group_clients(representers, sizes, method=f.grouping, measure=f.measure,
+                                  max_clients=f.max_clients, min_examples=f.min_examples,
+                                  num_classes=ds.num_classes, rng=rng)
+  counts = np.stack([np.bincount(l, minlength=ds.num_classes) for l in client_labels])
+  info = formation.summary(groups, counts, representers, grouping=f.grouping, measure=f.measure,
+                           representation=f.representation, max_clients=f.max_clients,
+                           min_examples=f.min_examples, formation_s=round(time.time() - start, 2))
+  if stream is not None:
+    st = info["statistics"]
+    print(f"superclient formation: {len(groups)} superclients, "
+          f"{st['clients_per_superclient_mean']:.1f} clients each on average, KL from uniform "
+          f"{st['kl_from_uniform_superclients_mean']:.3f} (clients: "
+          f"{st['kl_from_uniform_clients_mean']:.3f}), {info['formation_s']:.0f} s",
+          file=stream, flush=True)
+  return groups, info
+
+
+def build(config, stream=None) -> Experiment:
   validate(config)
   ds, clients, kept, exemplars = load_federated(config)
+  if config.algorithm.name == "centralized":
+    clients = [np.concatenate(clients)]
   data = make_fed_data(ds.train_images, ds.train_labels, clients)
   model = get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl,
                     compute_dtype=config.model.compute_dtype)
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
-  c = config.client
-  trainer = engine.make_local_trainer(
-      model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),
-      local_epochs=c.local_epochs, batch_size=c.batch_size,
-      unroll=engine.resolve_unroll(config.engine.unroll, uses_lax_conv(model)))
-  algorithm = build_algorithm(config, trainer, data.num_clients)
+  trainer = make_trainer(config, model, preprocess, config.client.local_epochs)
   strategy = engine.resolve_strategy(config.engine.strategy)
+  exemplar_set = (ds.test_images[exemplars], ds.test_labels[exemplars])
+  superclients, info = None, None
+  if config.algorithm.name in FEDSEQ:
+    groups, info = form_superclients(config, ds, data, [ds.train_labels[c] for c in clients],
+                                     exemplar_set, preprocess, strategy, stream)
+    superclients = make_superclients(groups, np.asarray(data.client_sizes))
+  algorithm = build_algorithm(config, trainer, data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
   init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
   return Experiment(data, model, algorithm, make_round(algorithm, strategy), evaluate, init_params,
-                    ds.num_classes, strategy, (ds.test_images[exemplars], ds.test_labels[exemplars]))
+                    ds.num_classes, strategy, exemplar_set, info)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:

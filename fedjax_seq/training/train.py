@@ -75,10 +75,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   stream = stream or sys.stderr
   _prepare_workdir(workdir)
-  exp = experiment_lib.build(config)
+  exp = experiment_lib.build(config, stream)
   try:
     os.makedirs(workdir, exist_ok=True)
     _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    if exp.superclients is not None:
+      _write_json_atomic(os.path.join(workdir, "superclients.json"), exp.superclients)
   except OSError as e:
     raise UserError(f"cannot write to workdir {workdir}: {e.strerror}") from None
 

@@ -1,0 +1,131 @@
+"""Superclient formation, done once before round 0.
+
+1. Client evaluation ("pre-training"): every client trains its own copy of
+   the evaluator model from the same initial parameters for a few epochs of
+   local SGD on its own data. Vectorized across clients in chunks (the
+   original trains one client after another).
+2. A representation of each pre-trained model: `confidence` (summed softmax
+   confidence on the held-out exemplars, per true class, normalised: an
+   estimate of the client's label distribution) or the weights of its last,
+   last two or all dense layers, reduced across clients by PCA.
+3. Grouping under max_clients / min_examples (`superclients.grouping`).
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_seq.data.federated import FedData, Preprocess
+
+REPRESENTATIONS = ("confidence", "classifier_last", "classifier_last2", "classifier_all")
+
+
+def map_clients(fn: Callable, client_ids: np.ndarray, strategy: str, chunk: int,
+                progress: Callable[[int, int], None] | None = None):
+  """Stacks fn(client_id) over clients: chunks of vmap, or a loop of one jitted fn.
+
+  The last chunk is padded with repeats of its first id (shapes stay fixed,
+  one compile) and the padding is cut off.
+  """
+  outs, total = [], len(client_ids)
+  if strategy == "loop":
+    one = jax.jit(fn)
+    for i, cid in enumerate(client_ids):
+      outs.append(jax.tree.map(lambda x: x[None], one(jnp.int32(cid))))
+      if progress is not None and ((i + 1) % chunk == 0 or i + 1 == total):
+        progress(i + 1, total)
+  else:
+    many = jax.jit(jax.vmap(fn))
+    for start in range(0, total, chunk):
+      ids = client_ids[start:start + chunk]
+      padded = np.concatenate([ids, np.full(chunk - len(ids), ids[0])]).astype(np.int32)
+      outs.append(jax.tree.map(lambda x: x[:len(ids)], many(jnp.asarray(padded))))
+      if progress is not None:
+        progress(min(start + chunk, total), total)
+  return jax.tree.map(lambda *x: jnp.concatenate(x), *outs)
+
+
+def pretrain(trainer, init_params, data: FedData, key: jax.Array, *, strategy: str, chunk: int,
+             progress=None):
+  """Each client's own model after `trainer`'s epochs from `init_params` (leading axis K)."""
+
+  def one(cid):
+    return trainer.train(init_params, data, cid, jax.random.fold_in(key, cid)).params
+
+  return map_clients(one, np.arange(data.num_clients), strategy, chunk, progress)
+
+
+def confidence_vectors(apply_fn: Callable, preprocess: Preprocess, models, images: np.ndarray,
+                       labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """(K, num_classes): per client, sum over exemplars of softmax[true class] at that class, normalised.
+
+  Exemplars are not augmented (the original passes them through its
+  training transform; a deterministic estimate is preferred here).
+  """
+  x = preprocess(jnp.asarray(images), None)
+  onehot = jax.nn.one_hot(jnp.asarray(labels), num_classes)
+
+  @jax.jit
+  def one(params):
+    p = jax.nn.softmax(apply_fn(params, x))
+    conf = onehot.T @ jnp.sum(p * onehot, axis=1)
+    return conf / jnp.sum(conf)
+
+  k = jax.tree.leaves(models)[0].shape[0]
+  return np.stack([np.asarray(one(jax.tree.map(lambda m: m[i], models))) for i in range(k)])
+
+
+def dense_kernels(models) -> list[np.ndarray]:
+  """Flattened kernels of the dense layers (`fc*`, in order), each (K, -1)."""
+  layers = models["params"]
+  names = sorted((n for n in layers if n.startswith("fc")), key=lambda n: int(n[2:]))
+  k = jax.tree.leaves(models)[0].shape[0]
+  return [np.asarray(layers[n]["kernel"]).reshape(k, -1) for n in names]
+
+
+def classifier_representers(models, which: str) -> np.ndarray:
+  """The original's classifierLast / classifierLast2 / classifierAll (weights, no biases)."""
+  kernels = dense_kernels(models)
+  if which == "classifier_last":
+    return kernels[-1]
+  if which == "classifier_last2":
+    return np.concatenate([kernels[-1], kernels[-2]], axis=1)
+  if which == "classifier_all":
+    return np.concatenate(kernels, axis=1)
+  raise ValueError(f"unknown representation {which!r}")
+
+
+def kl_from_uniform(counts: np.ndarray) -> float:
+  """KL(p || uniform) of a class-count vector, in nats (0 for a balanced one)."""
+  p = counts / max(counts.sum(), 1)
+  nz = p > 0
+  return float(np.sum(p[nz] * np.log(p[nz] * len(p))))
+
+
+def summary(groups: list[np.ndarray], class_counts: np.ndarray, representers: np.ndarray,
+            **settings) -> dict:
+  """What superclients.json records: membership, class counts, representers, statistics."""
+  sc = []
+  for s, g in enumerate(groups):
+    counts = class_counts[g].sum(0)
+    sc.append({"id": s, "clients": [int(c) for c in g], "num_examples": int(counts.sum()),
+               "class_counts": counts.astype(int).tolist(), "kl_from_uniform": kl_from_uniform(counts)})
+  kls = np.array([s["kl_from_uniform"] for s in sc])
+  client_kls = np.array([kl_from_uniform(c) for c in class_counts])
+  return {
+      **settings,
+      "num_superclients": len(groups),
+      "statistics": {
+          "clients_per_superclient_mean": float(np.mean([len(g) for g in groups])),
+          "clients_per_superclient_max": int(max(len(g) for g in groups)),
+          "examples_per_superclient_min": int(min(s["num_examples"] for s in sc)),
+          "kl_from_uniform_superclients_mean": float(kls.mean()),
+          "kl_from_uniform_superclients_max": float(kls.max()),
+          "kl_from_uniform_clients_mean": float(client_kls.mean()),
+      },
+      "superclients": sc,
+      "client_class_counts": class_counts.astype(int).tolist(),
+      "representers": np.asarray(representers, np.float64).round(6).tolist(),
+  }
