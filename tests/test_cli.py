@@ -43,6 +43,13 @@ def small_config(**overrides):
     ({"data.num_clients": 601}, "more clients than examples"),
     ({"data.name": "cifar10", "data.dir": "/nonexistent/cifar"}, "/nonexistent/cifar"),
     ({"data.name": "fashion_mnist", "data.dir": "/nonexistent/fm"}, "dataset-fashion-mnist"),
+    ({"algorithm.name": "fedseq", "fedseq.representation": "classifier_all"},
+     "measure=kullback needs probability vectors"),
+    ({"algorithm.name": "fedseq", "fedseq.grouping": "spectral"}, "unknown fedseq.grouping"),
+    ({"algorithm.name": "fedseq", "fedseq.grouping": "random", "fedseq.max_clients": 2,
+      "fedseq.min_examples": 10000}, "raise config.fedseq.max_clients"),
+    ({"fedseq.dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"compare_with": "fedavg,fedsgd"}, "unknown algorithm 'fedsgd' in config.compare_with"),
 ])
 def test_bad_input_raises_before_anything_is_written(tmp_path, overrides, message):
   workdir = tmp_path / "run"
@@ -74,10 +81,17 @@ def run_main(*args):
                         text=True, timeout=300)
 
 
-@pytest.mark.parametrize("config", ["fedavg", "fairavg", "fedprox", "scaffold", "feddyn"])
+FEDSEQ_SMALL = ("--config.fedseq.evaluator_model=mlp", "--config.fedseq.pretrain_epochs=1",
+                "--config.fedseq.min_examples=100", "--config.fedseq.max_clients=4")
+
+
+@pytest.mark.parametrize("config", [
+    "fedavg", "fairavg", "fedprox", "scaffold", "feddyn", "fedseq", "fedseq_prox", "fedseq_dyn",
+    "fedseq_inter", "fedseq_inter_prox", "fedseq_inter_dyn", "centralized"])
 def test_main_runs_and_writes_metrics(tmp_path, config):
   workdir = tmp_path / "run"
-  proc = run_main(f"--config=configs/{config}.py", f"--workdir={workdir}",
+  extra = FEDSEQ_SMALL if config.startswith("fedseq") else ()
+  proc = run_main(f"--config=configs/{config}.py", f"--workdir={workdir}", *extra,
                   "--config.data.name=synthetic", "--config.model.name=mlp",
                   "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
                   "--config.rounds=4", "--config.eval_every=2")
@@ -89,6 +103,7 @@ def test_main_runs_and_writes_metrics(tmp_path, config):
   written = json.loads((workdir / "config.json").read_text())
   assert written["rounds"] == 4 and written["data"]["name"] == "synthetic"
   assert written["algorithm"]["name"] == config
+  assert (workdir / "superclients.json").exists() == config.startswith("fedseq")
   assert "final test accuracy" in proc.stderr
 
 

@@ -52,6 +52,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(c.model.name in MODELS, f"unknown model {c.model.name!r}; valid: {', '.join(MODELS)}")
   _check(c.engine.strategy in STRATEGIES,
          f"unknown engine.strategy {c.engine.strategy!r}; valid: {', '.join(STRATEGIES)}")
+  for name in filter(None, (n.strip() for n in c.compare_with.split(","))):
+    _check(name in ALGORITHMS and name != "centralized",
+           f"unknown algorithm {name!r} in config.compare_with; valid: {', '.join(ALGORITHMS[:-1])}")
   _check(c.rounds >= 1, f"config.rounds must be >= 1, got {c.rounds}")
   _check(c.eval_every >= 1, f"config.eval_every must be >= 1, got {c.eval_every}")
   _check(c.eval_batch_size >= 1, f"config.eval_batch_size must be >= 1, got {c.eval_batch_size}")

@@ -118,4 +118,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   final = records[-1]
   print(f"final test accuracy {final['test_accuracy']:.4f} after {final['round']} rounds; "
         f"results in {metrics_path}", file=stream, flush=True)
+  if config.compare_with:
+    _compare(config, workdir, final, stream)
   return records
+
+
+def _compare(config, workdir: str, final: dict, stream) -> None:
+  """Runs `config.compare_with` algorithms on the same clients; prints accuracies side by side."""
+  rows = [(config.algorithm.name, final["test_accuracy"])]
+  for name in config.compare_with.split(","):
+    other = config.copy_and_resolve_references()
+    other.unlock()
+    other.algorithm.name, other.compare_with = name.strip(), ""
+    print(f"\ncomparison: the same clients with {other.algorithm.name}", file=stream, flush=True)
+    records = train_and_evaluate(other, os.path.join(workdir, other.algorithm.name), stream)
+    rows.append((other.algorithm.name, records[-1]["test_accuracy"]))
+  print(f"\ntest accuracy after {final['round']} rounds: " +
+        " | ".join(f"{n} {a:.4f}" for n, a in rows), file=stream, flush=True)
