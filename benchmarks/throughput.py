@@ -48,8 +48,7 @@ def main(argv):
   config = FLAGS.config
   exp = experiment_lib.build(config)
   state = exp.algorithm.init(exp.init_params)
-  n = experiment_lib.num_participants(config, exp.data)
-  examples = config.client.local_epochs * n * float(exp.data.client_sizes.mean())
+  n, clients, examples = experiment_lib.round_workload(config, exp)
   compile_s, steady = time_rounds(exp.round_fn, state, exp.data, config.seed, FLAGS.rounds)
   out = {
       "algorithm": config.algorithm.name, "model": config.model.name,
@@ -57,7 +56,8 @@ def main(argv):
       "device": jax.devices()[0].device_kind, "strategy": exp.strategy,
       "conv_impl": getattr(exp.model, "conv_impl", None),
       "unroll": str(engine.resolve_unroll(config.engine.unroll, uses_lax_conv(exp.model))),
-      "clients_per_round": n, "examples_per_round": round(examples, 1),
+      "participants_per_round": n, "clients_per_round": round(clients, 1),
+      "examples_per_round": round(examples, 1),
       "seconds_per_round": round(steady, 4),
       "examples_per_sec": round(examples / steady, 1), "compile_s": round(compile_s, 2),
   }

@@ -255,6 +255,14 @@ def round_key(seed: int, round_index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.split(jax.random.key(seed))[1], round_index)
 
 
-def num_participants(config, data: FedData) -> int:
-  """Clients trained per round."""
-  return num_sampled(config.client.fraction, data.num_clients)
+def round_workload(config, exp: Experiment) -> tuple[int, float, float]:
+  """(participants, clients trained, training examples) per round, expected values."""
+  epochs = config.client.local_epochs
+  if exp.superclients is not None:
+    sizes = [s["num_examples"] for s in exp.superclients["superclients"]]
+    members = [len(s["clients"]) for s in exp.superclients["superclients"]]
+    n = num_sampled(config.client.fraction, len(sizes))
+    passes = epochs * config.fedseq.sequential_rounds
+    return n, n * float(np.mean(members)), passes * n * float(np.mean(sizes))
+  n = num_sampled(config.client.fraction, exp.data.num_clients)
+  return n, float(n), epochs * n * float(np.mean(np.asarray(exp.data.client_sizes)))
