@@ -7,6 +7,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fedjax_seq.errors import UserError
@@ -34,7 +35,8 @@ def _fail(message: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # JAX logs at INFO that it found no TPU; not news to a user.
+  # JAX and orbax log progress at INFO; the run prints its own.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   from fedjax_seq.training.train import train_and_evaluate
   config = FLAGS.config

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rounds = 10000            # communication rounds (paper: 10,000 CIFAR-10, 20,000 CIFAR-100)
   c.eval_every = 100          # evaluate on the test set every N rounds (and at the last round)
   c.eval_batch_size = 500     # test-set batch size (memory only; results do not depend on it)
+  c.checkpoint_every = 100    # checkpoint every N rounds (and at the end); the last 3 are kept
   c.compare_with = ""         # e.g. "fedavg": afterwards run these on the same clients, in WORKDIR/NAME
 
   c.algorithm = ml_collections.ConfigDict()

@@ -57,6 +57,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"unknown algorithm {name!r} in config.compare_with; valid: {', '.join(ALGORITHMS[:-1])}")
   _check(c.rounds >= 1, f"config.rounds must be >= 1, got {c.rounds}")
   _check(c.eval_every >= 1, f"config.eval_every must be >= 1, got {c.eval_every}")
+  _check(c.checkpoint_every >= 1, f"config.checkpoint_every must be >= 1, got {c.checkpoint_every}")
   _check(c.eval_batch_size >= 1, f"config.eval_batch_size must be >= 1, got {c.eval_batch_size}")
   _check(c.data.num_clients >= 1, f"config.data.num_clients must be >= 1, got {c.data.num_clients}")
   _check(c.data.alpha >= 0, f"config.data.alpha must be >= 0, got {c.data.alpha}")
@@ -224,7 +225,8 @@ def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exem
   return groups, info
 
 
-def build(config, stream=None) -> Experiment:
+def build(config, stream=None, superclients=None) -> Experiment:
+  """`superclients`: (groups, summary) from a previous run's superclients.json, or None."""
   validate(config)
   ds, clients, kept, exemplars = load_federated(config)
   if config.algorithm.name == "centralized":
@@ -236,10 +238,13 @@ def build(config, stream=None) -> Experiment:
   trainer = make_trainer(config, model, preprocess, config.client.local_epochs)
   strategy = engine.resolve_strategy(config.engine.strategy)
   exemplar_set = (ds.test_images[exemplars], ds.test_labels[exemplars])
-  superclients, info = None, None
+  info = None
   if config.algorithm.name in FEDSEQ:
-    groups, info = form_superclients(config, ds, data, [ds.train_labels[c] for c in clients],
-                                     exemplar_set, preprocess, strategy, stream)
+    if superclients is None:
+      groups, info = form_superclients(config, ds, data, [ds.train_labels[c] for c in clients],
+                                       exemplar_set, preprocess, strategy, stream)
+    else:  # resuming: formation is not redone
+      groups, info = superclients
     superclients = make_superclients(groups, np.asarray(data.client_sizes))
   algorithm = build_algorithm(config, trainer, data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
