@@ -47,9 +47,9 @@ def main(argv):
   del argv
   config = FLAGS.config
   exp = experiment_lib.build(config)
-  state = exp.algorithm.init(exp.init_params)
+  init = lambda: exp.algorithm.init(exp.init_params)  # rounds donate their input state
   n, clients, examples = experiment_lib.round_workload(config, exp)
-  compile_s, steady = time_rounds(exp.round_fn, state, exp.data, config.seed, FLAGS.rounds)
+  compile_s, steady = time_rounds(exp.round_fn, init(), exp.data, config.seed, FLAGS.rounds)
   out = {
       "algorithm": config.algorithm.name, "model": config.model.name,
       "dataset": config.data.name, "backend": jax.default_backend(),
@@ -62,7 +62,7 @@ def main(argv):
       "examples_per_sec": round(examples / steady, 1), "compile_s": round(compile_s, 2),
   }
   if FLAGS.compare_loop:
-    _, loop_s = time_rounds(make_round(exp.algorithm, "loop"), state, exp.data, config.seed,
+    _, loop_s = time_rounds(make_round(exp.algorithm, "loop"), init(), exp.data, config.seed,
                             FLAGS.rounds)
     out["loop_seconds_per_round"] = round(loop_s, 4)
     out["speedup_vs_loop"] = round(loop_s / steady, 3)

@@ -7,20 +7,21 @@
 
 Every point runs as `python main.py --config=<same file> --workdir=<point dir>
 <the --config.* overrides given here> <the point's --config.k=v>` in a
-subprocess, with the current directory unchanged (so relative paths mean what
-they meant on this command line) and main.py found next to the installed
-package (a source checkout), else in the current directory. A point's
-directory is named from its values, e.g. `runs/ablation/alpha=0.2,seed=1`.
+subprocess, where `python` is the interpreter running the sweep. The current
+directory is kept, so relative paths mean what they meant on this command
+line; main.py is the one next to the package (a source checkout), else the one
+in the current directory. A point's directory is named from its values, e.g.
+`runs/ablation/alpha=0.2,seed=1`.
 
 Finished points (last evaluation at config.rounds) are skipped; unfinished
 ones are run again, which resumes them (main.py's job). A failing point is
 reported and the sweep goes on, exiting non-zero at the end. At the end
 `summary.md` and `summary.csv` in --workdir compare the points.
 
-`--dry_run` prints the commands and writes nothing. `--emit=slurm` writes
-`<workdir>/slurm/<point>.sbatch` (one GPU each) and prints the sbatch
-commands, running nothing. Bad input stops with a one-line `error:` before
-anything runs.
+`--dry_run` prints the commands and writes nothing (also with --emit).
+`--emit=slurm` writes `<workdir>/slurm/<point>.sbatch` (one GPU each) and
+prints the sbatch commands, running nothing. Bad input stops with a one-line
+`error:` before anything runs.
 """
 
 import dataclasses

@@ -67,15 +67,6 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   assert path.read_text() == "keep me"
 
 
-def test_finished_run_is_not_overwritten(tmp_path):
-  workdir = tmp_path / "run"
-  train_and_evaluate(small_config(), str(workdir))
-  before = (workdir / "metrics.jsonl").read_text()
-  with pytest.raises(UserError, match="already holds a run"):
-    train_and_evaluate(small_config(), str(workdir))
-  assert (workdir / "metrics.jsonl").read_text() == before
-
-
 def run_main(*args):
   return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=300)

@@ -81,7 +81,7 @@ def test_vmap_round_equals_per_client_loop(name):
   trainer = ref.trainer(lr=LR, momentum=0.5, epochs=EPOCHS, batch_size=BATCH)
   make = {"fedavg": lambda: fedavg(trainer, 4, 0.75),
           "fedprox": lambda: fedprox(trainer, 4, 0.75, mu=0.3)}[name]
-  sv = sl = make().init(ref.init_params())
+  sv, sl = make().init(ref.init_params()), make().init(ref.init_params())  # rounds donate state
   for r in range(3):
     key = jax.random.key(r)
     sv, mv = run_round(make(), data, key, "vmap", sv)

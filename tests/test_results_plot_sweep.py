@@ -85,8 +85,10 @@ def test_markdown_and_csv(two_runs):
   md = results.to_markdown(rows).splitlines()
   assert md[0] == ("| run | algorithm | dataset | alpha | seed | rounds | rounds_done | "
                    "final_accuracy | best_accuracy | rounds_to_0.6 | wall_time_s |")
-  assert md[2] == "| fedseq_a0 | fedseq | cifar10 | 0 | 0 | 300 | 300 | 0.6200 | 0.6500 | 200 | 30.5 |"
-  assert md[3] == "| fedavg_a02 | fedavg | cifar10 | 0.2 | 1 | 300 | 200 | 0.5000 | 0.5000 | - | 24.5 |"
+  assert md[2] == ("| fedseq_a0 | fedseq | cifar10 | 0 | 0 | 300 | 300 | 0.6200 | 0.6500 | 200 "
+                   "| 30.5 |")
+  assert md[3] == ("| fedavg_a02 | fedavg | cifar10 | 0.2 | 1 | 300 | 200 | 0.5000 | 0.5000 | - "
+                   "| 24.5 |")
   csv_lines = results.to_csv(rows).splitlines()
   assert csv_lines[0].startswith("run,algorithm,dataset,alpha,seed,")
   assert csv_lines[2] == "fedavg_a02,fedavg,cifar10,0.2,1,300,200,0.5,0.5,,24.5"

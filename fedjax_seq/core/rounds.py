@@ -19,6 +19,7 @@ metrics)` with one of two strategies:
 Both give the same numbers (tests/test_rounds.py).
 """
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -72,10 +73,15 @@ def round_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_round(alg: Algorithm, strategy: str):
-  """round(state, data, key) -> (state, metrics) under `strategy`."""
+  """round(state, data, key) -> (state, metrics) under `strategy`.
+
+  The incoming state is donated: its buffers (K-row per-client state
+  included) are updated in place, so the caller must use the returned state
+  and not the one passed in.
+  """
   if strategy == "vmap":
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def round_fn(state, data, key):
       k_sample, k_train = round_keys(key)
       cohort = alg.sample(state, k_sample)
@@ -93,7 +99,7 @@ def make_round(alg: Algorithm, strategy: str):
       return alg.sample(state, k_sample), k_train
 
     update = jax.jit(alg.participant_update)
-    aggregate = jax.jit(alg.aggregate)
+    aggregate = jax.jit(alg.aggregate, donate_argnums=0)
 
     def round_fn(state, data, key):
       cohort, k_train = begin(state, key)
