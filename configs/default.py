@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.client.momentum = 0.0
   c.client.weight_decay = 4e-4
 
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.num_devices = 0       # devices of the `clients` mesh axis (0: all local); vmap strategy only
+
   c.engine = ml_collections.ConfigDict()
   c.engine.strategy = "auto"   # auto | vmap | loop (auto: loop on CPU, vmap on GPU/TPU)
   c.engine.unroll = "auto"     # local-step loop unroll: auto (full on CPU) or an int

@@ -1,7 +1,6 @@
 """Tests for fedjax_seq.data.sources."""
 
 import gzip
-import os
 import pickle
 import struct
 import tarfile

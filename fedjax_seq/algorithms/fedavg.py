@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_seq.core.engine import Correction
-from fedjax_seq.core.rounds import Algorithm, num_sampled, sample_ids, weighted_mean
+from fedjax_seq.core.rounds import Algorithm, uniform_sampler, weighted_mean
 
 
 class ServerState(NamedTuple):
@@ -41,13 +41,10 @@ def fedavg(trainer, num_clients: int, fraction: float, *, weighting: str = "size
   """
   if weighting not in WEIGHTINGS:
     raise ValueError(f"unknown weighting {weighting!r}")
-  n = num_sampled(fraction, num_clients)
 
   def init(params):
     return ServerState(params)
 
-  def sample(state, key):
-    return sample_ids(key, num_clients, n)
 
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)
@@ -62,4 +59,4 @@ def fedavg(trainer, num_clients: int, fraction: float, *, weighting: str = "size
     params = weighted_mean(outs.params, outs.weight)
     return ServerState(params), {"train_loss": jnp.mean(outs.loss)}
 
-  return Algorithm(init, sample, participant_update, aggregate)
+  return Algorithm(init, uniform_sampler(num_clients, fraction), participant_update, aggregate)

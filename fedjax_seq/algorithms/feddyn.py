@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_seq.core.rounds import (Algorithm, gather_rows, num_sampled, sample_ids,
-                                    scatter_rows, stacked_zeros)
+from fedjax_seq.core.rounds import (Algorithm, gather_rows, scatter_rows, stacked_zeros,
+                                    uniform_sampler)
 
 VARIANTS = ("paper", "original")
 
@@ -71,14 +71,11 @@ def feddyn(trainer, num_clients: int, fraction: float, *, alpha: float = 0.1,
            variant: str = "paper") -> Algorithm:
   if variant not in VARIANTS:
     raise ValueError(f"unknown FedDyn variant {variant!r}")
-  n = num_sampled(fraction, num_clients)
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return FedDynState(params, zeros, stacked_zeros(params, num_clients))
 
-  def sample(state, key):
-    return sample_ids(key, num_clients, n)
 
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)
@@ -92,4 +89,4 @@ def feddyn(trainer, num_clients: int, fraction: float, *, alpha: float = 0.1,
     grads = scatter_rows(state.client_grads, client_ids, outs.grad)
     return FedDynState(params, h, grads), {"train_loss": jnp.mean(outs.loss)}
 
-  return Algorithm(init, sample, participant_update, aggregate)
+  return Algorithm(init, uniform_sampler(num_clients, fraction), participant_update, aggregate)

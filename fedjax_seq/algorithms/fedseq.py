@@ -26,8 +26,8 @@ from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS
 from fedjax_seq.algorithms.feddyn import dyn_local_update, dyn_server_update
 from fedjax_seq.algorithms.fedprox import prox_correction
 from fedjax_seq.core.engine import tree_where
-from fedjax_seq.core.rounds import (Algorithm, gather_rows, num_sampled, sample_ids,
-                                    stacked_zeros, weighted_mean)
+from fedjax_seq.core.rounds import (Algorithm, gather_rows, stacked_zeros, uniform_sampler,
+                                    weighted_mean)
 
 RULES = ("plain", "prox", "dyn")
 
@@ -175,7 +175,6 @@ def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: floa
            rule: LocalRule = LocalRule("plain"), sequential_rounds: int = 1, shuffle: bool = True,
            dropout: float = 0.0) -> Algorithm:
   validate_rule(rule)
-  n = num_sampled(fraction, superclients.num_superclients)
   options = dict(sequential_rounds=sequential_rounds, shuffle=shuffle, dropout=dropout)
   update = superclient_update(trainer, rule, superclients, options, num_clients)
 
@@ -184,9 +183,6 @@ def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: floa
       return FedSeqState(params, jax.tree.map(jnp.zeros_like, params),
                          rule.init_rows(params, num_clients))
     return FedSeqState(params)
-
-  def sample(state, key):
-    return sample_ids(key, superclients.num_superclients, n)
 
   def participant_update(state, data, sc_id, key):
     return update(state.params, state.client_rows, data, sc_id, key)
@@ -199,4 +195,5 @@ def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: floa
       return FedSeqState(params, h, rows), metrics
     return FedSeqState(weighted_mean(outs.params, superclients.sizes[sc_ids])), metrics
 
-  return Algorithm(init, sample, participant_update, aggregate)
+  return Algorithm(init, uniform_sampler(superclients.num_superclients, fraction),
+                   participant_update, aggregate)

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_seq.core.rounds import (Algorithm, gather_rows, num_sampled, sample_ids,
-                                    scatter_rows, stacked_zeros, weighted_mean)
+from fedjax_seq.core.rounds import (Algorithm, gather_rows, scatter_rows, stacked_zeros,
+                                    uniform_sampler, weighted_mean)
 
 
 class ScaffoldState(NamedTuple):
@@ -33,14 +33,11 @@ class ScaffoldOut(NamedTuple):
 
 
 def scaffold(trainer, num_clients: int, fraction: float) -> Algorithm:
-  n = num_sampled(fraction, num_clients)
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return ScaffoldState(params, zeros, stacked_zeros(params, num_clients))
 
-  def sample(state, key):
-    return sample_ids(key, num_clients, n)
 
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)
@@ -59,4 +56,4 @@ def scaffold(trainer, num_clients: int, fraction: float) -> Algorithm:
     client_controls = scatter_rows(state.client_controls, client_ids, outs.control)
     return ScaffoldState(params, control, client_controls), {"train_loss": jnp.mean(outs.loss)}
 
-  return Algorithm(init, sample, participant_update, aggregate)
+  return Algorithm(init, uniform_sampler(num_clients, fraction), participant_update, aggregate)

@@ -24,6 +24,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from fedjax_seq.core.sharding import shard_client_state, shard_rows
 
 State = Any
 
@@ -43,6 +46,12 @@ def num_sampled(fraction: float, population: int) -> int:
 def sample_ids(key: jax.Array, population: int, n: int) -> jax.Array:
   """n distinct ids from range(population), in random order."""
   return jax.random.choice(key, population, (n,), replace=False).astype(jnp.int32)
+
+
+def uniform_sampler(population: int, fraction: float) -> Callable:
+  """`sample(state, key)`: max(int(C * population), 1) distinct ids, as every algorithm samples."""
+  n = num_sampled(fraction, population)
+  return lambda state, key: sample_ids(key, population, n)
 
 
 def weighted_mean(trees, weights: jax.Array):
@@ -72,24 +81,29 @@ def round_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return k_sample, k_train
 
 
-def make_round(alg: Algorithm, strategy: str):
+def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None):
   """round(state, data, key) -> (state, metrics) under `strategy`.
 
-  The incoming state is donated: its buffers (K-row per-client state
-  included) are updated in place, so the caller must use the returned state
-  and not the one passed in.
+  With a `mesh` (vmap strategy), participants and per-client state are
+  sharded over its `clients` axis (core/sharding.py). The incoming state is
+  donated: its buffers (K-row per-client state included) are updated in
+  place, so the caller must use the returned state, not the one passed in.
   """
   if strategy == "vmap":
 
     @functools.partial(jax.jit, donate_argnums=0)
     def round_fn(state, data, key):
       k_sample, k_train = round_keys(key)
-      cohort = alg.sample(state, k_sample)
+      state = shard_client_state(state, mesh)
+      cohort = shard_rows(alg.sample(state, k_sample), mesh)
       outs = jax.vmap(alg.participant_update, in_axes=(None, None, 0, None))(
           state, data, cohort, k_train)
-      return alg.aggregate(state, cohort, outs)
+      state, metrics = alg.aggregate(state, cohort, shard_rows(outs, mesh))
+      return shard_client_state(state, mesh), metrics
 
     return round_fn
+  if mesh is not None:
+    raise ValueError("a device mesh needs the vmap strategy")
 
   if strategy == "loop":
 

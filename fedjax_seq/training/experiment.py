@@ -21,6 +21,7 @@ from fedjax_seq.algorithms.fedseq_inter import PERIODS, fedseq_inter
 from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled
+from fedjax_seq.core.sharding import make_mesh
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
@@ -251,7 +252,9 @@ def build(config, stream=None, superclients=None) -> Experiment:
   init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
-  return Experiment(data, model, algorithm, make_round(algorithm, strategy), evaluate, init_params,
+  mesh = make_mesh(config.mesh.num_devices) if strategy == "vmap" else None
+  return Experiment(data, model, algorithm, make_round(algorithm, strategy, mesh), evaluate,
+                    init_params,
                     ds.num_classes, strategy, exemplar_set, info)
 
 
