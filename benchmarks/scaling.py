@@ -19,7 +19,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from benchmarks.throughput import time_rounds
+from benchmarks.timing import time_rounds
 from fedjax_seq.training import experiment as experiment_lib
 
 FLAGS = flags.FLAGS

@@ -9,12 +9,12 @@ Python loop of one jitted per-client update (`speedup_vs_loop`).
 """
 
 import json
-import time
 
 from absl import app, flags
 import jax
 from ml_collections import config_flags
 
+from benchmarks.timing import time_rounds
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import make_round
 from fedjax_seq.models import uses_lax_conv
@@ -25,22 +25,6 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_
 flags.DEFINE_integer("rounds", 3, "Timed rounds after the compile round.")
 flags.DEFINE_bool("compare_loop", True, "Also time the per-client loop baseline.")
 flags.mark_flags_as_required(["config"])
-
-
-def time_rounds(round_fn, state, data, seed, rounds):
-  """(compile+first-round seconds, median steady-state seconds per round)."""
-  t = time.perf_counter()
-  state, _ = round_fn(state, data, experiment_lib.round_key(seed, 0))
-  jax.block_until_ready(state)
-  first = time.perf_counter() - t
-  times = []
-  for r in range(1, rounds + 1):
-    t = time.perf_counter()
-    state, _ = round_fn(state, data, experiment_lib.round_key(seed, r))
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t)
-  steady = sorted(times)[len(times) // 2]
-  return first - steady, steady
 
 
 def main(argv):

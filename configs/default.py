@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.client.lr = 0.01
   c.client.momentum = 0.0
   c.client.weight_decay = 4e-4
+  c.client.max_steps = 0       # >0: cap every client's local steps (ragged clients); 0: E full epochs
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0       # devices of the `clients` mesh axis (0: all local); vmap strategy only

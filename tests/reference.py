@@ -33,10 +33,11 @@ def init_params(seed=0):
   return MODEL.init(jax.random.key(seed), jnp.zeros((1, 2, 2, 1)))
 
 
-def trainer(lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=2, unroll=1):
+def trainer(lr=0.1, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=2, unroll=1,
+            max_steps=0):
   return engine.make_local_trainer(
       MODEL.apply, PREPROCESS, engine.SGD(lr, momentum, weight_decay),
-      local_epochs=epochs, batch_size=batch_size, unroll=unroll)
+      local_epochs=epochs, batch_size=batch_size, unroll=unroll, max_steps=max_steps)
 
 
 def to_np(params):

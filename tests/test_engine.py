@@ -93,3 +93,19 @@ def test_random_crop_flip_is_a_shifted_window():
     windows = [padded[a:a + 6, c:c + 6] for a in range(5) for c in range(5)]
     windows += [w[:, ::-1] for w in windows]
     assert any(np.array_equal(y[i], w) for w in windows)
+
+
+def test_step_cap_truncates_only_larger_clients():
+  images, labels, data = ref.tiny_data([7, 2])  # 3 and 1 real steps per epoch with B=3
+  params, key = ref.init_params(), jax.random.key(6)
+  full = jax.jit(ref.trainer(epochs=2, batch_size=3).train)
+  capped = jax.jit(ref.trainer(epochs=2, batch_size=3, max_steps=2).train)
+  a, b = full(params, data, jnp.int32(0), key), capped(params, data, jnp.int32(0), key)
+  assert int(a.num_steps) == 6 and int(b.num_steps) == 2
+  w, bias = ref.local_sgd(*ref.to_np(params), images, labels,
+                          ref.batches(data, 0, key, 2, 3)[:2], 0.1)
+  np.testing.assert_allclose(ref.to_np(b.params)[0], w, rtol=1e-5, atol=1e-6)
+  # A client with at most 2 steps is unchanged, bit for bit.
+  a, b = full(params, data, jnp.int32(1), key), capped(params, data, jnp.int32(1), key)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

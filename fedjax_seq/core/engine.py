@@ -68,13 +68,18 @@ def masked_loss_fn(apply_fn: Callable, preprocess: Preprocess):
 
 
 def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
-                       local_epochs: int, batch_size: int, unroll: int | bool = 1):
+                       local_epochs: int, batch_size: int, unroll: int | bool = 1,
+                       max_steps: int = 0):
   """Builds the engine for one model and one set of local hyperparameters.
 
   `train(params, data, client_id, key, ctx, grad_term, correction,
   post_step) -> LocalResult` runs the client's E epochs from `params`.
 
   `unroll` is passed to `lax.scan` over the steps (see `resolve_unroll`).
+  `max_steps` > 0 caps every client at its first `max_steps` steps: with
+  ragged clients (e.g. Dirichlet splits, K = 10,000) the step loop otherwise
+  runs E * ceil(largest client / B) steps for everyone, padded ones as
+  no-ops. Clients with fewer real steps are unaffected.
   """
   loss_fn = masked_loss_fn(apply_fn, preprocess)
   grad_fn = jax.value_and_grad(loss_fn)
@@ -88,6 +93,9 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
     spe = idx.shape[0] // local_epochs
     step_keys = jax.vmap(lambda t: jax.random.fold_in(
         jax.random.fold_in(k_aug, t // spe), t % spe))(jnp.arange(idx.shape[0]))
+    if max_steps:  # real steps first (padded ones are no-ops anywhere), then cut
+      order = jnp.argsort(~mask.any(axis=1), stable=True)[:max_steps]
+      idx, mask, step_keys = idx[order], mask[order], step_keys[order]
     return idx, mask, step_keys
 
   def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,

@@ -72,6 +72,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"config.client.local_epochs must be >= 1, got {c.client.local_epochs}")
   _check(c.client.batch_size >= 1, f"config.client.batch_size must be >= 1, got {c.client.batch_size}")
   _check(c.client.lr > 0, f"config.client.lr must be > 0, got {c.client.lr}")
+  _check(c.client.max_steps >= 0, f"config.client.max_steps must be >= 0, got {c.client.max_steps}")
   _check(0 <= c.client.momentum < 1, f"config.client.momentum must be in [0, 1), got {c.client.momentum}")
   _check(c.client.weight_decay >= 0,
          f"config.client.weight_decay must be >= 0, got {c.client.weight_decay}")
@@ -177,7 +178,8 @@ def make_trainer(config, model, preprocess, local_epochs: int):
   return engine.make_local_trainer(
       model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),
       local_epochs=local_epochs, batch_size=c.batch_size,
-      unroll=engine.resolve_unroll(config.engine.unroll, uses_lax_conv(model)))
+      unroll=engine.resolve_unroll(config.engine.unroll, uses_lax_conv(model)),
+      max_steps=c.max_steps)
 
 
 def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exemplars,
