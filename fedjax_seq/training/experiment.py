@@ -121,9 +121,7 @@ class Experiment:
   round_fn: Callable
   evaluate: Callable
   init_params: Any
-  num_classes: int
   strategy: str
-  exemplars: tuple[np.ndarray, np.ndarray]  # held-out (images, labels)
   superclients: dict | None = None  # FedSeq family: what superclients.json records
 
 
@@ -256,8 +254,7 @@ def build(config, stream=None, superclients=None) -> Experiment:
                             config.eval_batch_size)
   mesh = make_mesh(config.mesh.num_devices) if strategy == "vmap" else None
   return Experiment(data, model, algorithm, make_round(algorithm, strategy, mesh), evaluate,
-                    init_params,
-                    ds.num_classes, strategy, exemplar_set, info)
+                    init_params, strategy, info)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:

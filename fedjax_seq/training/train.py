@@ -124,7 +124,8 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _load_groups(workdir: str) -> list[np.ndarray] | None:
+def _load_groups(workdir: str) -> tuple[list[np.ndarray], dict] | None:
+  """A previous run's superclients (groups, summary), so formation is not redone."""
   path = os.path.join(workdir, "superclients.json")
   if not os.path.exists(path):
     return None
