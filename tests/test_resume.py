@@ -197,3 +197,18 @@ def test_tensorboard_event_files_are_written(tmp_path):
   blob = open(events[0], "rb").read()
   for tag in (b"test_accuracy", b"test_loss", b"train_loss", b"rounds_per_s", b"_hparams_"):
     assert tag in blob
+
+
+def test_host_resident_client_state_runs_checkpoints_and_resumes(tmp_path, monkeypatch):
+  device = train_and_evaluate(config("scaffold", rounds=4, eval_every=2), str(tmp_path / "d"))
+  host = config("scaffold", rounds=4, eval_every=2, checkpoint_every=1,
+                **{"engine.client_state": "host"})
+  interrupt_at(monkeypatch, 3)
+  with pytest.raises(KeyboardInterrupt):
+    train_and_evaluate(host, str(tmp_path / "h"))
+  monkeypatch.undo()
+  resumed = train_and_evaluate(host, str(tmp_path / "h"))
+  assert [r["round"] for r in resumed] == [2, 4]
+  for a, b in zip(device, resumed):
+    for k in ("test_accuracy", "test_loss", "train_loss"):
+      assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7)

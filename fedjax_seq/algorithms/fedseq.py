@@ -26,8 +26,8 @@ from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS
 from fedjax_seq.algorithms.feddyn import dyn_local_update, dyn_server_update
 from fedjax_seq.algorithms.fedprox import prox_correction
 from fedjax_seq.core.engine import tree_where
-from fedjax_seq.core.rounds import (Algorithm, gather_rows, stacked_zeros, uniform_sampler,
-                                    weighted_mean)
+from fedjax_seq.core.rounds import (Algorithm, gather_rows, scatter_rows, stacked_zeros,
+                                    uniform_sampler, weighted_mean)
 
 RULES = ("plain", "prox", "dyn")
 
@@ -166,9 +166,8 @@ def superclient_update(trainer, rule, sc: Superclients, options: dict, num_clien
 
 def scatter_member_rows(client_rows, members: jax.Array, rows):
   """Writes the (n, M) members' rows back; padded slots (id K) are dropped."""
-  flat = members.reshape(-1)
-  return jax.tree.map(
-      lambda x, r: x.at[flat].set(r.reshape((-1,) + r.shape[2:]), mode="drop"), client_rows, rows)
+  return scatter_rows(client_rows, members.reshape(-1),
+                      jax.tree.map(lambda r: r.reshape((-1,) + r.shape[2:]), rows))
 
 
 def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: float, *,
@@ -196,4 +195,4 @@ def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: floa
     return FedSeqState(weighted_mean(outs.params, superclients.sizes[sc_ids])), metrics
 
   return Algorithm(init, uniform_sampler(superclients.num_superclients, fraction),
-                   participant_update, aggregate)
+                   participant_update, aggregate, lambda sc_ids: superclients.members[sc_ids])

@@ -87,4 +87,5 @@ def fedseq_inter(trainer, superclients: Superclients, num_clients: int, fraction
       params, h, rows = weighted_mean(outs.params, weights), None, None
     return InterState(params, outs.params, weights, state.round + 1, h, rows), metrics
 
-  return Algorithm(init, sample, participant_update, aggregate)
+  return Algorithm(init, sample, participant_update, aggregate,
+                   lambda cohort: superclients.members[cohort.superclient])

@@ -20,7 +20,7 @@ from fedjax_seq.algorithms.fedseq import LocalRule, fedseq, make_superclients
 from fedjax_seq.algorithms.fedseq_inter import PERIODS, fedseq_inter
 from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core import engine
-from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled
+from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled, with_host_client_state
 from fedjax_seq.core.sharding import make_mesh
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
@@ -51,6 +51,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(c.data.name in sources.DATASETS,
          f"unknown dataset {c.data.name!r}; valid: {', '.join(sources.DATASETS)}")
   _check(c.model.name in MODELS, f"unknown model {c.model.name!r}; valid: {', '.join(MODELS)}")
+  _check(c.engine.client_state in ("device", "host"),
+         f"unknown engine.client_state {c.engine.client_state!r}; valid: device, host")
   _check(c.engine.strategy in STRATEGIES,
          f"unknown engine.strategy {c.engine.strategy!r}; valid: {', '.join(STRATEGIES)}")
   for name in filter(None, (n.strip() for n in c.compare_with.split(","))):
@@ -253,8 +255,10 @@ def build(config, stream=None, superclients=None) -> Experiment:
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
   mesh = make_mesh(config.mesh.num_devices) if strategy == "vmap" else None
-  return Experiment(data, model, algorithm, make_round(algorithm, strategy, mesh), evaluate,
-                    init_params, strategy, info)
+  round_fn = make_round(algorithm, strategy, mesh)
+  if config.engine.client_state == "host":
+    round_fn = with_host_client_state(algorithm, round_fn)
+  return Experiment(data, model, algorithm, round_fn, evaluate, init_params, strategy, info)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:

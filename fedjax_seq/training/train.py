@@ -138,7 +138,9 @@ def _load_groups(workdir: str) -> tuple[list[np.ndarray], dict] | None:
 
 
 def _all_finite(tree) -> bool:
-  return bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
+  """Checked where each leaf lives: host-resident client state is not copied over."""
+  return all(bool(np.isfinite(x).all()) if isinstance(x, np.ndarray)
+             else bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
 
 
 def _diverged(r: int, first_bad: int | None):
