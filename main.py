@@ -15,6 +15,9 @@ from fedjax_seq.errors import UserError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for config.json, metrics and checkpoints.")
+flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0.")
+flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,7 +41,12 @@ def main(argv):
   # JAX and orbax log progress at INFO; the run prints its own.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  from fedjax_seq.core.sharding import initialize_distributed
   from fedjax_seq.training.train import train_and_evaluate
+  try:
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except UserError as e:
+    _fail(str(e))
   config = FLAGS.config
   try:
     config.seed  # config_flags defers a config file's load error to first use.

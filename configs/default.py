@@ -77,5 +77,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.engine = ml_collections.ConfigDict()
   c.engine.strategy = "auto"   # auto | vmap | loop (auto: loop on CPU, vmap on GPU/TPU)
   c.engine.unroll = "auto"     # local-step loop unroll: auto (lax.conv models on CPU) or an int
+  c.engine.chunk = 0           # vmap strategy: participants vmapped per chunk (0: the whole cohort)
   c.engine.client_state = "device"  # per-client state (SCAFFOLD/FedDyn): device | host (only a round's rows move)
   return c

@@ -121,3 +121,16 @@ def test_vmap_round_makes_no_host_transfers():
       for key in keys:
         state, metrics = round_fn(state, data, key)
     assert np.isfinite(float(metrics["train_loss"]))
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_chunked_vmap_equals_whole_cohort(chunk):
+  """A cohort of 3 in chunks of 1 or 2 (not dividing it) gives the same round."""
+  _, _, data = ref.tiny_data(SIZES)
+  trainer = ref.trainer(lr=LR, epochs=EPOCHS, batch_size=BATCH)
+  alg = fedprox(trainer, 4, 0.75, mu=0.2)
+  a, _ = make_round(alg, "vmap")(alg.init(ref.init_params()), data, jax.random.key(2))
+  b, _ = make_round(alg, "vmap", chunk=chunk)(alg.init(ref.init_params()), data,
+                                              jax.random.key(2))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)

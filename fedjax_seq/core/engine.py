@@ -164,8 +164,8 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
   a loop of jitted per-client updates (benchmarks/RESULTS.md).
   """
   backend = backend or jax.default_backend()
-  if strategy == "auto":
-    return "loop" if backend == "cpu" else "vmap"
+  if strategy == "auto":  # several processes share one mesh, which needs vmap
+    return "loop" if backend == "cpu" and jax.process_count() == 1 else "vmap"
   return strategy
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from fedjax_seq.core.sharding import shard_client_state, shard_rows
+from fedjax_seq.core.sharding import globalize, is_multiprocess, shard_client_state, shard_rows
 
 State = Any
 
@@ -147,11 +147,13 @@ def round_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return k_sample, k_train
 
 
-def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None):
+def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: int = 0):
   """round(state, data, key) -> (state, metrics) under `strategy`.
 
   With a `mesh` (vmap strategy), participants and per-client state are
-  sharded over its `clients` axis (core/sharding.py). The incoming state is
+  sharded over its `clients` axis (core/sharding.py). `chunk` > 0 vmaps
+  the cohort in chunks of that many participants (`lax.map` with a batch
+  size) when a whole cohort's activations do not fit. The incoming state is
   donated: its buffers (K-row per-client state included) are updated in
   place, so the caller must use the returned state, not the one passed in.
   """
@@ -162,11 +164,14 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None):
       k_sample, k_train = round_keys(key)
       state = shard_client_state(state, mesh)
       cohort = shard_rows(alg.sample(state, k_sample), mesh)
-      outs = jax.vmap(alg.participant_update, in_axes=(None, None, 0, None))(
-          state, data, cohort, k_train)
+      update = lambda member: alg.participant_update(state, data, member, k_train)
+      outs = jax.lax.map(update, cohort, batch_size=chunk) if chunk else jax.vmap(update)(cohort)
       state, metrics = alg.aggregate(state, cohort, shard_rows(outs, mesh))
       return shard_client_state(state, mesh), metrics
 
+    if is_multiprocess(mesh):  # inputs must be global arrays; only new ones are converted
+      return lambda state, data, key: round_fn(
+          globalize(state, mesh), globalize(data, mesh), globalize(key, mesh))
     return round_fn
   if mesh is not None:
     raise ValueError("a device mesh needs the vmap strategy")

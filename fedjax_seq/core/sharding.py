@@ -7,9 +7,15 @@ reductions that XLA inserts. A cohort that does not divide the device count
 is padded by XLA internally. Per-client state is found by convention: the
 fields of an algorithm state whose names start with `client_` hold one row
 per client (leading axis K).
+
+Several processes (hosts) share one mesh after `initialize_distributed`:
+every process holds the same data and state (both are deterministic in the
+seed), `globalize` turns them into global arrays replicated over the mesh,
+and `localize` reads a replicated result back on each process.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -41,3 +47,47 @@ def shard_client_state(state, mesh: Mesh | None):
     return state
   return state._replace(**{f: shard_rows(getattr(state, f), mesh)
                            for f in state._fields if f.startswith("client_")})
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+  """Joins a multi-process run (before any other JAX call); a no-op for one process.
+
+  On CPU the cross-process collectives use gloo.
+  """
+  if num_processes <= 1:
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address or None, num_processes, process_id)
+  except (RuntimeError, ValueError) as e:
+    raise UserError(f"cannot join the distributed run at {coordinator_address}: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def is_multiprocess(mesh: Mesh | None) -> bool:
+  return mesh is not None and jax.process_count() > 1
+
+
+def globalize(tree, mesh: Mesh | None):
+  """Process-local arrays -> global arrays replicated over a multi-process mesh."""
+  if not is_multiprocess(mesh):
+    return tree
+  replicated = NamedSharding(mesh, P())
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, replicated, lambda idx: value[idx])
+
+  return jax.tree.map(one, tree)
+
+
+def localize(tree):
+  """A replicated global array as this process's local copy (others unchanged)."""
+  return jax.tree.map(
+      lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable
+      else x, tree)

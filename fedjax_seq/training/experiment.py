@@ -21,7 +21,7 @@ from fedjax_seq.algorithms.fedseq_inter import PERIODS, fedseq_inter
 from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled, with_host_client_state
-from fedjax_seq.core.sharding import make_mesh
+from fedjax_seq.core.sharding import globalize, make_mesh
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
@@ -53,6 +53,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(c.model.name in MODELS, f"unknown model {c.model.name!r}; valid: {', '.join(MODELS)}")
   _check(c.engine.client_state in ("device", "host"),
          f"unknown engine.client_state {c.engine.client_state!r}; valid: device, host")
+  _check(c.engine.chunk >= 0, f"config.engine.chunk must be >= 0, got {c.engine.chunk}")
   _check(c.engine.strategy in STRATEGIES,
          f"unknown engine.strategy {c.engine.strategy!r}; valid: {', '.join(STRATEGIES)}")
   for name in filter(None, (n.strip() for n in c.compare_with.split(","))):
@@ -255,8 +256,11 @@ def build(config, stream=None, superclients=None) -> Experiment:
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
   mesh = make_mesh(config.mesh.num_devices) if strategy == "vmap" else None
-  round_fn = make_round(algorithm, strategy, mesh)
+  data = globalize(data, mesh)  # several processes: one global copy, converted once
+  round_fn = make_round(algorithm, strategy, mesh, config.engine.chunk)
   if config.engine.client_state == "host":
+    if jax.process_count() > 1:
+      raise UserError("engine.client_state=host is for single-process runs")
     round_fn = with_host_client_state(algorithm, round_fn)
   return Experiment(data, model, algorithm, round_fn, evaluate, init_params, strategy, info)
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fedjax_seq.core.sharding import localize
 from fedjax_seq.errors import UserError
 from fedjax_seq.training import experiment as experiment_lib
 from fedjax_seq.training.checkpoint import Checkpointer
@@ -137,10 +138,16 @@ def _load_groups(workdir: str) -> tuple[list[np.ndarray], dict] | None:
     raise UserError(f"cannot read {path} ({e}); move the workdir away to start over") from None
 
 
+@jax.jit
+def _finite(x: jax.Array) -> jax.Array:
+  return jnp.isfinite(x).all()
+
+
 def _all_finite(tree) -> bool:
-  """Checked where each leaf lives: host-resident client state is not copied over."""
+  """Checked where each leaf lives: host-resident client state is not copied over,
+  and sharded state is reduced across processes before it is read."""
   return all(bool(np.isfinite(x).all()) if isinstance(x, np.ndarray)
-             else bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
+             else bool(localize(_finite(x))) for x in jax.tree.leaves(tree))
 
 
 def _diverged(r: int, first_bad: int | None):
@@ -196,13 +203,18 @@ def _run(config, workdir: str, exp, checkpointer: Checkpointer, stream,
   if latest is not None:
     state, meta = checkpointer.restore(latest, state)
     start, pending, elapsed0 = latest, list(meta["pending_losses"]), float(meta["elapsed_s"])
-  # Written only once the previous state (if any) has been read back.
-  _write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2, sort_keys=True))
-  if exp.superclients is not None and write_superclients:
-    _write_atomic(os.path.join(workdir, "superclients.json"), json.dumps(exp.superclients))
+  # Written only once the previous state (if any) has been read back; with
+  # several processes, process 0 writes files and prints.
+  primary = jax.process_index() == 0
+  if not primary:
+    stream = open(os.devnull, "w")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   records = _read_records(metrics_path, start)
-  _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+  if primary:
+    _write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2, sort_keys=True))
+    if exp.superclients is not None and write_superclients:
+      _write_atomic(os.path.join(workdir, "superclients.json"), json.dumps(exp.superclients))
+    _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
   if start >= config.rounds:
     print(f"already finished: {start} rounds in {workdir}", file=stream, flush=True)
     return records
@@ -211,14 +223,14 @@ def _run(config, workdir: str, exp, checkpointer: Checkpointer, stream,
         f"{config.model.name}, backend {jax.default_backend()}, strategy {exp.strategy}" +
         (f"; resuming after round {start}" if start else ""), file=stream, flush=True)
 
-  writer = _tensorboard(workdir, config, start + 1 if start else None)
+  writer = _tensorboard(workdir, config, start + 1 if start else None) if primary else None
   progress = Progress(start, config.rounds, stream)
   t0 = time.time()
   losses = list(pending)  # device scalars or floats since the last evaluation
   try:
     for r in range(start + 1, config.rounds + 1):
       state, metrics = exp.round_fn(state, exp.data, experiment_lib.round_key(config.seed, r))
-      losses.append(metrics["train_loss"])
+      losses.append(localize(metrics["train_loss"]))
       evaluate = r % config.eval_every == 0 or r == config.rounds
       save = r % config.checkpoint_every == 0 or r == config.rounds
       if not (evaluate or save):
@@ -230,24 +242,26 @@ def _run(config, workdir: str, exp, checkpointer: Checkpointer, stream,
         raise _diverged(r, bad[0] if bad else None)
       elapsed = round(elapsed0 + time.time() - t0, 3)
       if evaluate:
-        accuracy, loss = exp.evaluate(state.params)
+        accuracy, loss = exp.evaluate(localize(state.params))
         if not math.isfinite(loss):
           raise _diverged(r, None)
         record = {"round": r, "test_accuracy": accuracy, "test_loss": loss,
                   "train_loss": float(np.mean(losses)), "elapsed_s": elapsed}
         records.append(record)
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(record) + "\n")
-        for k in ("test_accuracy", "test_loss", "train_loss"):
-          writer.add_scalar(k, record[k], r)
-        writer.add_scalar("rounds_per_s", progress.rate(r), r)
+        if primary:
+          with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+          for k in ("test_accuracy", "test_loss", "train_loss"):
+            writer.add_scalar(k, record[k], r)
+          writer.add_scalar("rounds_per_s", progress.rate(r), r)
         losses = []
         progress.accuracy = accuracy
       if save:
         checkpointer.save(r, state, {"round": r, "pending_losses": list(losses), "elapsed_s": elapsed})
       progress.update(r, evaluated=evaluate)
   finally:
-    writer.close()
+    if writer is not None:
+      writer.close()
 
   final = records[-1]
   print(f"final test accuracy {final['test_accuracy']:.4f} after {final['round']} rounds; "
