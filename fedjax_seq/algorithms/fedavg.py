@@ -45,7 +45,6 @@ def fedavg(trainer, num_clients: int, fraction: float, *, weighting: str = "size
   def init(params):
     return ServerState(params)
 
-
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)
     res = trainer.train(state.params, data, client_id, key, ctx=state.params,

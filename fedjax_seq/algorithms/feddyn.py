@@ -69,13 +69,13 @@ def dyn_server_update(params, h, models, alpha: float, num_clients: int):
 
 def feddyn(trainer, num_clients: int, fraction: float, *, alpha: float = 0.1,
            variant: str = "paper") -> Algorithm:
+  """FedDyn over K clients, max(int(C*K), 1) per round (see the module docstring)."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown FedDyn variant {variant!r}")
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return FedDynState(params, zeros, stacked_zeros(params, num_clients))
-
 
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)

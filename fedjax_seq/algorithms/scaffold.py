@@ -33,11 +33,11 @@ class ScaffoldOut(NamedTuple):
 
 
 def scaffold(trainer, num_clients: int, fraction: float) -> Algorithm:
+  """SCAFFOLD over K clients, max(int(C*K), 1) per round (see the module docstring)."""
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return ScaffoldState(params, zeros, stacked_zeros(params, num_clients))
-
 
   def participant_update(state, data, client_id, key):
     key = jax.random.fold_in(key, client_id)
