@@ -217,6 +217,8 @@ def _run(config, workdir: str, exp, checkpointer: Checkpointer, stream,
     _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
   if start >= config.rounds:
     print(f"already finished: {start} rounds in {workdir}", file=stream, flush=True)
+    if records and config.compare_with:
+      _compare(config, workdir, records[-1], stream)
     return records
   print(f"fedjax_seq: {config.algorithm.name} on {config.data.name} "
         f"({exp.data.num_clients} clients, alpha={config.data.alpha}), model "
