@@ -29,9 +29,6 @@ from jax.sharding import Mesh
 
 from fedjax_seq.core.sharding import globalize, is_multiprocess, shard_client_state, shard_rows
 
-State = Any
-
-
 class Algorithm(NamedTuple):
   init: Callable
   sample: Callable

@@ -7,6 +7,7 @@ superclients.json). A config may differ from the workdir's only in
 `RESUMABLE_CHANGES`.
 """
 
+import io
 import json
 import math
 import os
@@ -206,8 +207,8 @@ def _run(config, workdir: str, exp, checkpointer: Checkpointer, stream,
   # Written only once the previous state (if any) has been read back; with
   # several processes, process 0 writes files and prints.
   primary = jax.process_index() == 0
-  if not primary:
-    stream = open(os.devnull, "w")
+  if not primary:  # other processes stay quiet
+    stream = io.StringIO()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   records = _read_records(metrics_path, start)
   if primary:
