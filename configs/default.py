@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.algorithm.mu = 0.01        # FedProx proximal coefficient (paper: 0.01)
   c.algorithm.dyn_alpha = 0.1  # FedDyn regularisation alpha (paper: 0.1)
   c.algorithm.dyn_variant = "paper"  # FedDyn: paper | original (the FedSeq code's client)
+  c.algorithm.centralized_variant = "paper"  # paper: constant lr, reduced test set | original: cosine lr, full test set
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"      # cifar10 | cifar100 | fashion_mnist | mnist | synthetic
@@ -56,6 +57,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.fedseq.shuffle = True        # shuffle members at every pass
   c.fedseq.dropout = 0.0         # fraction of members dropped at every pass
   c.fedseq.aggregation_period = "num_superclients"  # FedSeqInter: num_superclients | fraction_superclients | never
+  # Behaviours of the published code (README: "The paper and the published code"):
+  c.fedseq.inter_variant = "paper"   # FedSeqInter bank: paper | original (one shared model until the first reset)
+  c.fedseq.dropout_variant = "paper"  # paper: distinct members | original: indices drawn with replacement
+  c.fedseq.augment_exemplars = False  # confidence vectors on augmented exemplars (the original: True)
+  c.fedseq.superclients_from = ""  # a grouping file written by `python -m fedjax_seq.study`: train on it, skip formation
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet"       # lenet | mlp

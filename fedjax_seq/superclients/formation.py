@@ -58,23 +58,30 @@ def pretrain(trainer, init_params, data: FedData, key: jax.Array, *, strategy: s
 
 
 def confidence_vectors(apply_fn: Callable, preprocess: Preprocess, models, images: np.ndarray,
-                       labels: np.ndarray, num_classes: int) -> np.ndarray:
+                       labels: np.ndarray, num_classes: int,
+                       augment_key: jax.Array | None = None) -> np.ndarray:
   """(K, num_classes): per client, sum over exemplars of softmax[true class] at that class, normalised.
 
-  Exemplars are not augmented (the original passes them through its
-  training transform; a deterministic estimate is preferred here).
+  With `augment_key` None the exemplars are not augmented (a deterministic
+  estimate, the default here); with a key each client sees its own random
+  crop/flip of every exemplar (key fold_in(augment_key, client)), as the
+  original, which passes the exemplars through its training transform.
   """
-  x = preprocess(jnp.asarray(images), None)
   onehot = jax.nn.one_hot(jnp.asarray(labels), num_classes)
+  images = jnp.asarray(images)
+  fixed = preprocess(images, None)
 
   @jax.jit
-  def one(params):
+  def one(params, key):
+    x = fixed if key is None else preprocess(images, key)
     p = jax.nn.softmax(apply_fn(params, x))
     conf = onehot.T @ jnp.sum(p * onehot, axis=1)
     return conf / jnp.sum(conf)
 
   k = jax.tree.leaves(models)[0].shape[0]
-  return np.stack([np.asarray(one(jax.tree.map(lambda m: m[i], models))) for i in range(k)])
+  keys = [None if augment_key is None else jax.random.fold_in(augment_key, i) for i in range(k)]
+  return np.stack([np.asarray(one(jax.tree.map(lambda m: m[i], models), keys[i]))
+                   for i in range(k)])
 
 
 def dense_kernels(models) -> list[np.ndarray]:

@@ -16,7 +16,6 @@ from fedjax_seq.errors import UserError
 MEASURES = ("kullback", "gini", "cosine", "wasserstein")
 METHODS = ("greedy", "kmeans", "random")
 _PROB_TOL = 1e-6
-_KMEANS_MAX_ITERS = 300
 
 
 def requires_probabilities(measure: str) -> bool:
@@ -85,55 +84,32 @@ def measure_fn(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
 def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
   """Projects rows (clients) onto their leading principal components.
 
-  Keeps the fewest components whose cumulative explained-variance ratio
-  exceeds `variance` (strictly, capped at all components), the rule of the
-  reference's full-SVD PCA. Each component's sign makes its largest-magnitude
-  loading positive, so the output is deterministic. With zero total variance
-  one all-zero column is returned.
+  scikit-learn's `PCA(n_components=variance, svd_solver="full")`, as the
+  original: the fewest components whose cumulative explained-variance ratio
+  exceeds `variance` (all of them at 1), with scikit-learn's `svd_flip` sign
+  convention. With zero total variance one all-zero column is returned.
   """
+  from sklearn.decomposition import PCA
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != 2 or x.shape[0] < 1:
     raise UserError(f"pca_reduce needs a non-empty 2-D array, got {x.shape}")
   if not 0 < variance <= 1:
     raise UserError(f"PCA variance must be in (0, 1], got {variance}")
-  centred = x - x.mean(axis=0)
-  _, s, vt = np.linalg.svd(centred, full_matrices=False)
-  total = np.sum(s**2)
-  if total == 0:
+  if x.shape[0] < 2 or not np.any(x != x[0]):
     return np.zeros((x.shape[0], 1))
-  ratio_cumsum = np.cumsum(s**2) / total
-  keep = min(int(np.searchsorted(ratio_cumsum, variance, side="right")) + 1,
-             len(s))
-  vt = vt[:keep]
-  signs = np.sign(vt[np.arange(keep), np.argmax(np.abs(vt), axis=1)])
-  return centred @ (vt * signs[:, None]).T
+  return PCA(n_components=None if variance == 1 else variance, svd_solver="full").fit_transform(x)
 
 
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-  """Lloyd's k-means, one k-means++ seeding; returns a label per row.
+def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+  """scikit-learn's KMeans as the original ran it: a label per row.
 
-  Stops when no label changes (at most 300 iterations); a centre that loses
-  all its points stays where it is.
+  Greedy k-means++ seeding, 10 initialisations keeping the lowest inertia,
+  Lloyd iterations (at most 300), empty clusters relocated; the seed is
+  drawn from `rng`, so a run is reproducible.
   """
-  n = len(x)
-  centres = [x[rng.integers(n)]]
-  d2 = np.sum((x - centres[0])**2, axis=1)
-  for _ in range(1, k):
-    total = d2.sum()
-    i = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
-    centres.append(x[i])
-    d2 = np.minimum(d2, np.sum((x - x[i])**2, axis=1))
-  centres = np.array(centres)
-  labels = None
-  for _ in range(_KMEANS_MAX_ITERS):
-    new = np.argmin(((x[:, None, :] - centres[None])**2).sum(-1), axis=1)
-    if labels is not None and np.array_equal(new, labels):
-      break
-    labels = new
-    for j in range(k):
-      if np.any(labels == j):
-        centres[j] = x[labels == j].mean(axis=0)
-  return labels
+  from sklearn.cluster import KMeans
+  seed = int(rng.integers(2**31 - 1))
+  return KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x).labels_
 
 
 def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
@@ -206,7 +182,7 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
   elif method == "kmeans":
     if num_classes < 1:
       raise UserError(f"num_classes must be >= 1, got {num_classes}")
-    labels = _kmeans(reps, min(num_classes, n), rng)
+    labels = kmeans_labels(reps, min(num_classes, n), rng)
     cycle = itertools.cycle([list(np.flatnonzero(labels == j))
                              for j in range(min(num_classes, n))])
 
