@@ -1,16 +1,19 @@
-"""Accuracy curves, superclient heatmaps and summary tables from workdirs.
+"""Accuracy curves, superclient heatmaps, summary tables and metrics CSV from workdirs.
 
-  python -m fedjax_seq.plot RUN_DIR [RUN_DIR ...] --out FILE.png
+  python -m fedjax_seq.plot RUN_DIR [RUN_DIR ...] [--out FILE.png]
       [--superclients RUN_DIR --heatmap_out FILE.png]
-      [--table FILE.md] [--targets 0.6,0.7]
+      [--table FILE.md] [--targets 0.6,0.7] [--metrics_csv FILE.csv]
 
 Test accuracy against rounds for all runs on one axes, as the paper's
-accuracy curves; `--superclients` draws the superclients x classes share of
-examples from a FedSeq-family run's superclients.json; `--table` writes the
-summary (final/best accuracy, rounds to each target) as FILE.md and FILE.csv.
-matplotlib is an optional extra (`pip install -e ".[plot]"`), imported only
-here and only when drawing, so the library and the tests of the rest run
-without it.
+accuracy curves; runs that differ only in seed are one group, drawn as the
+mean curve with a shaded 95% confidence band. `--superclients` draws the
+superclients x classes share of examples from a FedSeq-family run's
+superclients.json; `--table` writes the summary per group (mean and 95% CI of
+final/best accuracy and rounds to each target) as FILE.md and FILE.csv, and
+per run as FILE_runs.md and FILE_runs.csv; `--metrics_csv` writes every
+evaluation of every run. matplotlib is an optional extra
+(`pip install -e ".[plot]"`), imported only here and only when drawing, so the
+library, the tables and the tests of the rest run without it.
 """
 
 import argparse
@@ -37,47 +40,60 @@ def _pyplot():
   return plt
 
 
-def run_labels(runs: Sequence[dict]) -> list[str]:
-  """'fedseq (alpha=0)', with dataset, seed, then the run name added where labels collide."""
-  labels = [f"{r['config'].get('algorithm', {}).get('name', '?')} "
-            f"({results.alpha_label(r['config'])})" for r in runs]
-  groups = collections.defaultdict(list)
-  for i, label in enumerate(labels):
-    groups[label].append(i)
-  for label, idx in groups.items():
-    if len(idx) < 2:
-      continue
-    parts = {i: [results.alpha_label(runs[i]["config"])] for i in idx}
-    for key, fmt in (("data.name", "{}"), ("seed", "seed={}")):
-      values = [results.config_value(runs[i]["config"], key) for i in idx]
-      if len({str(v) for v in values}) > 1:
-        for i, v in zip(idx, values):
-          parts[i].append(fmt.format(v))
-    for i in idx:
-      labels[i] = f"{label.split(' (')[0]} ({', '.join(parts[i])})"
+LABEL_KEYS = ("algorithm.name", "data.alpha", "data.iid")  # what the label always shows
+
+
+def group_labels(groups: Sequence[Sequence[dict]]) -> list[str]:
+  """One legend label per group of seeds: 'fedseq (alpha=0, 3 seeds)'.
+
+  Groups sharing algorithm and partition get the config fields that tell them
+  apart (the dataset by name, others as field=value); groups with equal
+  configs (a repeated seed) get the first run's name, or its path where
+  names collide too.
+  """
+  configs = [g[0]["config"] for g in groups]
+  labels = []
+  for group, config, fields in zip(groups, configs,
+                                   results.distinguishing(configs, LABEL_KEYS)):
+    parts = [results.alpha_label(config), results.setting_text(fields)]
+    if len(group) > 1:
+      parts.append(f"{len(group)} seeds")
+    name = results.config_value(config, "algorithm.name", "?")
+    labels.append(f"{name} ({', '.join(p for p in parts if p)})")
   counts = collections.Counter(labels)
-  names = collections.Counter(r["name"] for r in runs)
-  for i, run in enumerate(runs):
+  names = collections.Counter(g[0]["name"] for g in groups)
+  for i, group in enumerate(groups):
     if counts[labels[i]] > 1:
-      tag = run["name"] if names[run["name"]] == 1 else run["dir"]
+      tag = group[0]["name"] if names[group[0]["name"]] == 1 else group[0]["dir"]
       labels[i] = f"{labels[i][:-1]}, {tag})"
   return labels
 
 
 def plot_accuracy(runs: Sequence[dict], out_path: str) -> None:
-  """Test accuracy (%) against rounds, one line per run."""
+  """Test accuracy (%) against rounds: per group of seeds the mean curve with its
+  95% confidence band (a single run is just its line), one legend entry each."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=150)
-  for run, label in zip(runs, run_labels(runs)):
-    records = run["records"]
-    if not records:
-      print(f"note: {run['dir']} has no evaluations yet; not drawn", file=sys.stderr)
+  groups = results.group_runs(runs)
+  for group, label in zip(groups, group_labels(groups)):
+    for run in group:
+      if not run["records"]:
+        print(f"note: {run['dir']} has no evaluations yet; not drawn", file=sys.stderr)
+    curve = results.accuracy_curve(group)
+    if not curve:
       continue
-    marker = "o" if len(records) <= 25 else None
-    ax.plot([r["round"] for r in records], [100 * r["test_accuracy"] for r in records],
-            label=label, linewidth=1.5, marker=marker, markersize=3)
+    rounds = [c[0] for c in curve]
+    mean = [100 * c[2] for c in curve]
+    marker = "o" if len(curve) <= 25 else None
+    (line,) = ax.plot(rounds, mean, label=label, linewidth=1.5, marker=marker, markersize=3)
+    if any(c[3] is not None for c in curve):
+      half = [100 * (c[3] or 0.0) for c in curve]
+      ax.fill_between(rounds, [m - h for m, h in zip(mean, half)],
+                      [m + h for m, h in zip(mean, half)], color=line.get_color(), alpha=0.2,
+                      linewidth=0)
   datasets = sorted({str(results.config_value(r["config"], "data.name")) for r in runs})
-  ax.set_title("Test accuracy" + (f" on {datasets[0]}" if len(datasets) == 1 else ""))
+  ax.set_title("Test accuracy" + (f" on {datasets[0]}" if len(datasets) == 1 else "") +
+               (" (mean and 95% CI over seeds)" if any(len(g) > 1 for g in groups) else ""))
   ax.set_xlabel("round")
   ax.set_ylabel("test accuracy (%)")
   ax.grid(True, alpha=0.4)
@@ -86,27 +102,44 @@ def plot_accuracy(runs: Sequence[dict], out_path: str) -> None:
   _save(plt, fig, out_path)
 
 
+# Heatmap geometry in inches: a cell per (superclient, class) plus room for the
+# title, labels and colour bar, kept within a page-sized figure.
+HEATMAP_ROW_IN, HEATMAP_COLUMN_IN = 0.14, 0.4
+HEATMAP_WIDTH_IN, HEATMAP_HEIGHT_IN = (4.5, 11.0), (2.8, 9.0)  # (min, max)
+COLORBAR_WIDTH_IN = 0.15
+
+
+def heatmap_size(num_superclients: int, num_classes: int) -> tuple[float, float]:
+  """(width, height) in inches following the number of classes and superclients."""
+  clamp = lambda x, bounds: min(max(x, bounds[0]), bounds[1])
+  return (clamp(2.0 + HEATMAP_COLUMN_IN * num_classes, HEATMAP_WIDTH_IN),
+          clamp(1.5 + HEATMAP_ROW_IN * num_superclients, HEATMAP_HEIGHT_IN))
+
+
 def plot_superclients(info: dict, out_path: str, name: str = "") -> None:
-  """Heatmap of each superclient's share of examples per class (rows sum to 1)."""
+  """Heatmap of each superclient's share of examples per class (rows sum to 1),
+  sized to its content, with a colour bar of fixed narrow width."""
   plt = _pyplot()
+  from mpl_toolkits.axes_grid1 import make_axes_locatable  # pylint: disable=import-outside-toplevel
   counts = [sc["class_counts"] for sc in info["superclients"]]
   fractions = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in counts]
   num_sc, num_classes = len(fractions), len(fractions[0])
-  height = min(max(3.0, 0.22 * num_sc + 1.5), 20.0)
-  fig, ax = plt.subplots(figsize=(7, height), dpi=150)
+  fig, ax = plt.subplots(figsize=heatmap_size(num_sc, num_classes), dpi=150)
   image = ax.imshow(fractions, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
                     interpolation="nearest")
-  fig.colorbar(image, ax=ax, label="fraction of the superclient's examples")
+  cax = make_axes_locatable(ax).append_axes("right", size=COLORBAR_WIDTH_IN, pad=0.1)
+  fig.colorbar(image, cax=cax, label="share of the superclient's examples")
   if num_classes <= 20:
     ax.set_xticks(range(num_classes))
   if num_sc <= 30:
     ax.set_yticks(range(num_sc))
-    ax.set_yticklabels([str(sc.get("id", i)) for i, sc in enumerate(info["superclients"])])
+    ax.set_yticklabels([str(sc.get("id", i)) for i, sc in enumerate(info["superclients"])],
+                       fontsize="small")
   ax.set_xlabel("class")
   ax.set_ylabel("superclient")
   clients = sum(len(sc.get("clients", [])) for sc in info["superclients"])
-  ax.set_title(f"Superclient class composition{f' ({name})' if name else ''}: "
-               f"{num_sc} superclients, {clients} clients", fontsize="medium")
+  ax.set_title(f"Superclient class composition{f' ({name})' if name else ''}\n"
+               f"{num_sc} superclients, {clients} clients", fontsize="small")
   _save(plt, fig, out_path)
 
 
@@ -142,53 +175,66 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
   p = _Parser(prog="python -m fedjax_seq.plot",
-              description="Plot test accuracy vs rounds of runs; optionally a superclient "
-                          "heatmap and a summary table.")
+              description="Plot test accuracy vs rounds of runs (seeds of one setting as a "
+                          "mean with a 95% CI band); optionally a superclient heatmap, a "
+                          "summary table and every evaluation as CSV.")
   p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="workdirs of main.py runs")
-  p.add_argument("--out", required=True, help="accuracy plot file, e.g. curves.png")
+  p.add_argument("--out", help="accuracy plot file, e.g. curves.png")
   p.add_argument("--superclients", metavar="RUN_DIR",
                  help="FedSeq-family run whose superclients.json to draw")
   p.add_argument("--heatmap_out", help="heatmap file (with --superclients)")
-  p.add_argument("--table", metavar="FILE.md", help="summary table; FILE.csv is written too")
+  p.add_argument("--table", metavar="FILE.md",
+                 help="summary per group of seeds as FILE.md and FILE.csv; per run as "
+                      "FILE_runs.md and FILE_runs.csv")
   p.add_argument("--targets", default="",
                  help="accuracy targets for rounds-to-target, e.g. 0.6,0.7")
+  p.add_argument("--metrics_csv", metavar="FILE.csv",
+                 help="every evaluation of every run, one row each, as CSV")
   return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Validates everything, then draws; returns the exit status."""
+  """Validates everything, then draws and writes; returns the exit status."""
   try:
     args = _parser().parse_args(argv)
+    if not (args.out or args.heatmap_out or args.table or args.metrics_csv):
+      raise UserError("nothing to write: give --out, --heatmap_out, --table or --metrics_csv")
     if bool(args.superclients) != bool(args.heatmap_out):
       raise UserError("--superclients and --heatmap_out go together")
     targets = results.parse_targets(args.targets)
     runs = [results.load_run(d) for d in args.runs]
     info = results.load_superclients(args.superclients) if args.superclients else None
-    outputs = [os.path.abspath(args.out)]
-    if args.heatmap_out:
-      outputs.append(os.path.abspath(args.heatmap_out))
-    if args.table:
-      outputs.extend(os.path.abspath(p) for p in results.table_paths(args.table))
-    if len(set(outputs)) != len(outputs):
-      raise UserError("--out, --heatmap_out and --table must name different files")
-    plt = _pyplot()
-    supported = list(plt.figure().canvas.get_supported_filetypes())
-    plt.close("all")
-    _check_output(args.out, "--out", supported)
-    if args.heatmap_out:
-      _check_output(args.heatmap_out, "--heatmap_out", supported)
-    for path in outputs:
+    images = [(p, f) for p, f in ((args.out, "--out"), (args.heatmap_out, "--heatmap_out")) if p]
+    outputs = [p for p, _ in images] + (results.table_paths(args.table) if args.table else [])
+    if args.metrics_csv:
+      if os.path.isdir(args.metrics_csv):
+        raise UserError(f"--metrics_csv {args.metrics_csv} is a directory")
+      outputs.append(args.metrics_csv)
+    absolute = [os.path.abspath(p) for p in outputs]
+    if len(set(absolute)) != len(absolute):
+      raise UserError("--out, --heatmap_out, --table and --metrics_csv must name different files")
+    if images:
+      plt = _pyplot()
+      supported = list(plt.figure().canvas.get_supported_filetypes())
+      plt.close("all")
+      for path, flag in images:
+        _check_output(path, flag, supported)
+    for path in absolute:
       os.makedirs(os.path.dirname(path), exist_ok=True)
 
-    plot_accuracy(runs, args.out)
-    print(f"wrote {args.out}")
+    if args.out:
+      plot_accuracy(runs, args.out)
+      print(f"wrote {args.out}")
     if info is not None:
       name = os.path.basename(os.path.normpath(os.path.abspath(args.superclients)))
       plot_superclients(info, args.heatmap_out, name)
       print(f"wrote {args.heatmap_out}")
     if args.table:
-      csv_path = results.write_table(results.summarize(runs, targets), args.table)
-      print(f"wrote {args.table} and {csv_path}")
+      _, paths = results.write_tables(runs, targets, args.table)
+      print(f"wrote {', '.join(paths)}")
+    if args.metrics_csv:
+      results.write_text(results.to_csv(results.metrics_rows(runs)), args.metrics_csv)
+      print(f"wrote {args.metrics_csv}")
   except UserError as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2

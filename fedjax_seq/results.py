@@ -3,7 +3,8 @@
 A workdir holds `config.json` and `metrics.jsonl` (see README.md). The rows
 report what the paper reports: final accuracy and the number of rounds to
 reach target accuracies, so runs can be compared in a table or CSV without
-matplotlib.
+matplotlib. Runs that differ only in `seed` form a group, reported as a mean
+with a 95% confidence interval, since one seed says little about a method.
 """
 
 import csv
@@ -11,13 +12,20 @@ import io
 import json
 import math
 import os
+import statistics
 from typing import Any, Optional, Sequence
+
+from scipy import stats
 
 from fedjax_seq.errors import UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUPERCLIENTS_FILE = "superclients.json"
+WALL_TIME = "wall_time_incl_formation_s"  # training (elapsed_s) + superclient formation
+CI = "_ci95"  # suffix of a column holding the 95% half-width of the column it extends
+# Fields that have their own column in the group table, so `setting` leaves them out.
+GROUP_KEYS = ("algorithm.name", "data.name", "data.alpha", "data.iid", "rounds")
 
 
 def _read_json(path: str) -> Any:
@@ -40,7 +48,7 @@ def _read_records(path: str) -> list[dict]:
     raise UserError(f"{path} does not exist") from None
   except (OSError, UnicodeDecodeError) as e:
     raise UserError(f"cannot read {path}: {e}") from None
-  records = []
+  records, previous = [], None  # previous: (round, line number)
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
@@ -52,16 +60,23 @@ def _read_records(path: str) -> list[dict]:
         isinstance(record.get("test_accuracy"), (int, float))):
       raise UserError(f"{path} line {number} lacks an integer 'round' and a numeric "
                       "'test_accuracy'")
+    if previous is not None and record["round"] <= previous[0]:
+      raise UserError(f"{path} line {number}: round {record['round']} does not come after round "
+                      f"{previous[0]} (line {previous[1]}); rounds must strictly increase, so two "
+                      "runs probably wrote to this workdir: give each run its own --workdir")
+    previous = (record["round"], number)
     records.append(record)
   return records
 
 
 def load_run(run_dir: str) -> dict:
-  """Loads one workdir: {'dir', 'name', 'config', 'records'}.
+  """Loads one workdir: {'dir', 'name', 'config', 'records', 'formation_s'}.
 
   Raises UserError naming the path when the directory, `config.json` or
   `metrics.jsonl` is missing or corrupt, so a typo in a list of runs stops
-  before any output is written.
+  before any output is written. `formation_s` is the superclient formation
+  time from a FedSeq-family run's `superclients.json` (None for other runs):
+  `elapsed_s` in metrics.jsonl counts training only.
   """
   if not os.path.exists(run_dir):
     raise UserError(f"run directory {run_dir} does not exist")
@@ -72,7 +87,13 @@ def load_run(run_dir: str) -> dict:
     raise UserError(f"{os.path.join(run_dir, CONFIG_FILE)} does not hold a JSON object")
   records = _read_records(os.path.join(run_dir, METRICS_FILE))
   name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
-  return {"dir": run_dir, "name": name, "config": config, "records": records}
+  superclients_path = os.path.join(run_dir, SUPERCLIENTS_FILE)
+  info = _read_json(superclients_path) if os.path.exists(superclients_path) else None
+  formation_s = info.get("formation_s") if isinstance(info, dict) else None
+  if not isinstance(formation_s, (int, float)) or isinstance(formation_s, bool):
+    formation_s = None
+  return {"dir": run_dir, "name": name, "config": config, "records": records,
+          "formation_s": formation_s}
 
 
 def load_superclients(run_dir: str) -> dict:
@@ -105,6 +126,16 @@ def config_value(config: dict, path: str, default=None):
       return default
     node = node[key]
   return node
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict:
+  """{'data.alpha': 0.2, ...}: nested config dicts as dotted paths to their leaves."""
+  if not isinstance(config, dict):
+    return {prefix: config}
+  out = {}
+  for k, v in config.items():
+    out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
 
 
 def is_finished(run: dict) -> bool:
@@ -149,23 +180,96 @@ def rounds_to_target(records: Sequence[dict], target: float) -> Optional[int]:
   return None
 
 
+def group_runs(runs: Sequence[dict]) -> list[list[dict]]:
+  """Runs whose config.json agree except for `seed`, in order of first appearance.
+
+  The workdir name is irrelevant. A seed that a group already has starts
+  another group: the same seed twice is one sample, not two.
+  """
+  without_seed = lambda run: {k: v for k, v in run["config"].items() if k != "seed"}
+  groups: list[list[dict]] = []
+  for run in runs:
+    for group in groups:
+      if (without_seed(group[0]) == without_seed(run) and
+          all(r["config"].get("seed") != run["config"].get("seed") for r in group)):
+        group.append(run)
+        break
+    else:
+      groups.append([run])
+  return groups
+
+
+def distinguishing(configs: Sequence[dict], base_keys: Sequence[str]) -> list[dict]:
+  """Per config, its flattened fields (not `seed`, not `base_keys`) that differ among
+  the configs agreeing with it on `base_keys`: what tells those apart."""
+  flats = [flatten_config(c) for c in configs]
+  bases = [[f.get(k) for k in base_keys] for f in flats]
+  out = []
+  for flat, base in zip(flats, bases):
+    peers = [f for f, b in zip(flats, bases) if b == base]
+    keys = sorted(set().union(*peers) - set(base_keys) - {"seed"})
+    out.append({k: flat.get(k) for k in keys if any(p.get(k) != flat.get(k) for p in peers)})
+  return out
+
+
+def setting_text(fields: dict, limit: int = 3) -> str:
+  """'client.lr=0.1, cifar100': fields as labels show them (the dataset by its name),
+  at most `limit` of them and a count of the rest, so labels and cells stay short."""
+  show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+  parts = [show(v) if k == "data.name" else f"{k}={show(v)}" for k, v in fields.items()]
+  more = [f"+{len(parts) - limit} more"] if len(parts) > limit else []
+  return ", ".join(parts[:limit] + more)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+  """(mean, half-width of the two-sided 95% Student-t interval with n-1 degrees of
+  freedom); one value is returned as is with no interval, none gives (None, None)."""
+  n = len(values)
+  if n < 2:
+    return (values[0] if values else None), None
+  half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+  return statistics.fmean(values), float(half)
+
+
+def accuracy_curve(group: Sequence[dict]) -> list[tuple[int, int, float, Optional[float]]]:
+  """(round, seeds evaluated at it, mean accuracy, 95% half-width) per evaluated round,
+  each round over the seeds that have it (an unfinished seed stops contributing)."""
+  by_round: dict[int, list[float]] = {}
+  for run in group:
+    for r in run["records"]:
+      by_round.setdefault(r["round"], []).append(r["test_accuracy"])
+  return [(r, len(by_round[r]), *mean_ci95(by_round[r])) for r in sorted(by_round)]
+
+
+def _alpha(config: dict) -> Any:
+  return "iid" if config_value(config, "data.iid", False) else config_value(config, "data.alpha")
+
+
+def _wall_time(run: dict) -> Optional[float]:
+  """Training time (`elapsed_s`) plus superclient formation, which it does not count."""
+  elapsed = run["records"][-1].get("elapsed_s") if run["records"] else None
+  if not isinstance(elapsed, (int, float)):
+    return None
+  return elapsed + (run["formation_s"] or 0.0)
+
+
 def summarize(runs: Sequence[dict], targets: Sequence[float] = ()) -> list[dict]:
   """One row per run (from `load_run`), in the given order.
 
   Columns: run, algorithm, dataset, alpha, seed, rounds (configured),
   rounds_done, final_accuracy, best_accuracy, rounds_to_<t> for each
-  target, wall_time_s. Values a run does not have yet are None.
+  target, formation_s (FedSeq family), wall_time_incl_formation_s. Values a
+  run does not have yet are None.
   """
   rows = []
   for run in runs:
     config, records = run["config"], run["records"]
     accuracies = [r["test_accuracy"] for r in records]
-    alpha = "iid" if config_value(config, "data.iid", False) else config_value(config, "data.alpha")
     row = {
         "run": run["name"],
         "algorithm": config_value(config, "algorithm.name"),
         "dataset": config_value(config, "data.name"),
-        "alpha": alpha,
+        "alpha": _alpha(config),
         "seed": config_value(config, "seed"),
         "rounds": config_value(config, "rounds"),
         "rounds_done": records[-1]["round"] if records else 0,
@@ -174,8 +278,62 @@ def summarize(runs: Sequence[dict], targets: Sequence[float] = ()) -> list[dict]
     }
     for t in targets:
       row[target_column(t)] = rounds_to_target(records, t)
-    row["wall_time_s"] = records[-1].get("elapsed_s") if records else None
+    row["formation_s"] = run["formation_s"]
+    row[WALL_TIME] = _wall_time(run)
     rows.append(row)
+  return rows
+
+
+def summarize_groups(runs: Sequence[dict], targets: Sequence[float] = ()) -> list[dict]:
+  """One row per group of seeds (`group_runs`), in order of first appearance.
+
+  Columns: algorithm, dataset, alpha, setting (the config fields that tell
+  apart groups sharing the previous columns and rounds), rounds,
+  rounds_done (a 'min-max' range when the seeds differ), n_seeds, seeds;
+  final_accuracy and best_accuracy as mean with `_ci95` half-width;
+  rounds_to_<t> (+ `_ci95`) over the seeds that reached t, reached_<t> as
+  'k/n'; formation_s and wall_time_incl_formation_s as means.
+  """
+  groups = group_runs(runs)
+  settings = distinguishing([g[0]["config"] for g in groups], GROUP_KEYS)
+  rows = []
+  for group, setting in zip(groups, settings):
+    config, per_run = group[0]["config"], summarize(group, targets)
+    done = sorted(r["rounds_done"] for r in per_run)
+    row = {
+        "algorithm": config_value(config, "algorithm.name"),
+        "dataset": config_value(config, "data.name"),
+        "alpha": _alpha(config),
+        "setting": setting_text(setting) or None,
+        "rounds": config_value(config, "rounds"),
+        "rounds_done": done[0] if done[0] == done[-1] else f"{done[0]}-{done[-1]}",
+        "n_seeds": len(group),
+        "seeds": ",".join(str(r["seed"]) for r in per_run),
+    }
+    present = lambda column: [r[column] for r in per_run if r[column] is not None]
+    for column in ("final_accuracy", "best_accuracy"):
+      row[column], row[column + CI] = mean_ci95(present(column))
+    for t in targets:
+      reached = present(target_column(t))
+      row[target_column(t)], row[target_column(t) + CI] = mean_ci95(reached)
+      row[f"reached_{t:g}"] = f"{len(reached)}/{len(group)}"
+    for column in ("formation_s", WALL_TIME):
+      row[column] = statistics.fmean(present(column)) if present(column) else None
+    rows.append(row)
+  return rows
+
+
+def metrics_rows(runs: Sequence[dict]) -> list[dict]:
+  """One row per (run, evaluation): the run's name, workdir, algorithm, dataset,
+  alpha and seed, then every field of its metrics.jsonl record."""
+  rows = []
+  for run in runs:
+    config = run["config"]
+    about = {"run": run["name"], "workdir": run["dir"],
+             "algorithm": config_value(config, "algorithm.name"),
+             "dataset": config_value(config, "data.name"), "alpha": _alpha(config),
+             "seed": config_value(config, "seed")}
+    rows.extend({**about, **record} for record in run["records"])
   return rows
 
 
@@ -186,57 +344,81 @@ def _format(key: str, value: Any, missing: str) -> str:
     return str(value)
   if key.endswith("_accuracy") and isinstance(value, (int, float)):
     return f"{value:.4f}"
-  if key == "wall_time_s" and isinstance(value, (int, float)):
+  if key.endswith("_s") and isinstance(value, (int, float)):
     return f"{value:.1f}"
+  if key.startswith("rounds_to_") and isinstance(value, float):
+    return f"{round(value, 1):g}"
   if isinstance(value, float):
     return f"{value:g}"
   return str(value)
 
 
 def to_markdown(rows: Sequence[dict]) -> str:
-  """A GitHub Markdown table; '-' marks a target never reached or a missing value."""
+  """A GitHub Markdown table; '-' marks a target never reached or a missing value.
+
+  A column `X_ci95` next to `X` is shown inside X's cells as 'mean ± half-width'.
+  """
   if not rows:
     return "(no runs)\n"
-  keys = list(rows[0])
-  lines = ["| " + " | ".join(keys) + " |", "|" + "|".join(" --- " for _ in keys) + "|"]
+  keys = [k for k in rows[0] if not (k.endswith(CI) and k[:-len(CI)] in rows[0])]
+  header = [f"{k} ± 95% CI" if k + CI in rows[0] else k for k in keys]
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in keys) + "|"]
   for row in rows:
-    cells = [_format(k, row.get(k), "-").replace("|", "\\|") for k in keys]
+    cells = []
+    for k in keys:
+      cell = _format(k, row.get(k), "-")
+      if row.get(k + CI) is not None:
+        cell += f" ± {_format(k, row[k + CI], '-')}"
+      cells.append(cell.replace("|", "\\|"))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[dict]) -> str:
-  """CSV at full precision; a missing value (e.g. a target never reached) is an empty cell."""
+  """CSV at full precision, columns in order of first appearance; a missing value
+  (e.g. a target never reached) is an empty cell."""
   if not rows:
     return ""
+  fields = list(dict.fromkeys(k for row in rows for k in row))
   out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+  writer = csv.DictWriter(out, fieldnames=fields, restval="", lineterminator="\n")
   writer.writeheader()
   for row in rows:
     writer.writerow({k: "" if v is None else v for k, v in row.items()})
   return out.getvalue()
 
 
-def table_paths(markdown_path: str) -> tuple[str, str]:
-  """(Markdown path, CSV path of the same stem), refusing paths that would clash."""
+def table_paths(markdown_path: str) -> list[str]:
+  """The files `write_tables` writes: FILE.md, FILE.csv (per group) and FILE_runs.md,
+  FILE_runs.csv (per run), refusing a path that would clash."""
   stem, ext = os.path.splitext(markdown_path)
   if ext.lower() == ".csv":
     raise UserError(f"table path {markdown_path} ends in .csv; give the Markdown file "
                     "(e.g. summary.md), the CSV is written next to it")
   if os.path.isdir(markdown_path):
     raise UserError(f"table path {markdown_path} is a directory")
-  return markdown_path, stem + ".csv"
+  return [markdown_path, stem + ".csv", stem + "_runs" + ext, stem + "_runs.csv"]
 
 
-def write_table(rows: Sequence[dict], markdown_path: str) -> str:
-  """Writes `markdown_path` and the CSV of the same stem; returns the CSV path."""
-  markdown_path, csv_path = table_paths(markdown_path)
+def write_text(text: str, path: str) -> None:
+  """Writes a file, creating its directory; an OSError becomes a UserError naming it."""
   try:
-    os.makedirs(os.path.dirname(os.path.abspath(markdown_path)), exist_ok=True)
-    with open(markdown_path, "w") as f:
-      f.write(to_markdown(rows))
-    with open(csv_path, "w") as f:
-      f.write(to_csv(rows))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text)
   except OSError as e:
-    raise UserError(f"cannot write {markdown_path}: {e.strerror or e}") from None
-  return csv_path
+    raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_tables(runs: Sequence[dict], targets: Sequence[float],
+                 markdown_path: str) -> tuple[list[dict], list[str]]:
+  """Writes the per-group summary (Markdown and CSV) and the per-run one next to it.
+
+  Returns the group rows and the paths written, in `table_paths` order.
+  """
+  paths = table_paths(markdown_path)
+  group_rows, run_rows = summarize_groups(runs, targets), summarize(runs, targets)
+  for text, path in zip((to_markdown(group_rows), to_csv(group_rows), to_markdown(run_rows),
+                         to_csv(run_rows)), paths):
+    write_text(text, path)
+  return group_rows, paths

@@ -14,14 +14,17 @@ in the current directory. A point's directory is named from its values, e.g.
 `runs/ablation/alpha=0.2,seed=1`.
 
 Finished points (last evaluation at config.rounds) are skipped; unfinished
-ones are run again, which resumes them (main.py's job). A failing point is
-reported and the sweep goes on, exiting non-zero at the end. At the end
-`summary.md` and `summary.csv` in --workdir compare the points.
+ones are run again, which resumes them (main.py's job). Every point's config
+is validated before the first one starts. A failing point is reported and the
+sweep goes on, exiting non-zero at the end. At the end `summary.md` and
+`summary.csv` in --workdir compare the points, points that differ only in
+seed as one row (mean and 95% confidence interval), and `summary_runs.md` and
+`summary_runs.csv` list every point.
 
 `--dry_run` prints the commands and writes nothing (also with --emit).
 `--emit=slurm` writes `<workdir>/slurm/<point>.sbatch` (one GPU each) and
-prints the sbatch commands, running nothing. Bad input stops with a one-line
-`error:` before anything runs.
+prints the sbatch commands, running nothing. Bad input, an invalid point's
+config included, stops with a one-line `error:` before anything runs.
 """
 
 import dataclasses
@@ -219,17 +222,8 @@ def build_points(config_arg: str, workdir: str, axes: Sequence[Axis],
   return points
 
 
-def _flat(d: Any, prefix: str = "") -> dict:
-  if not isinstance(d, dict):
-    return {prefix: d}
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
-
-
-def point_config(config: config_dict.ConfigDict, point: Point) -> dict:
-  """The resolved config a point runs with, as main.py writes it to config.json."""
+def resolved_config(config: config_dict.ConfigDict, point: Point) -> config_dict.ConfigDict:
+  """The config a point runs with: the sweep's (overrides applied) plus the point's values."""
   c = config.copy_and_resolve_references()
   for path, _, value in point.assignments:
     *parents, leaf = path.split(".")
@@ -237,7 +231,24 @@ def point_config(config: config_dict.ConfigDict, point: Point) -> dict:
     for key in parents:
       node = node[key]
     node[leaf] = value
-  return json.loads(json.dumps(c.to_dict()))
+  return c
+
+
+def point_config(config: config_dict.ConfigDict, point: Point) -> dict:
+  """The resolved config a point runs with, as main.py writes it to config.json."""
+  return json.loads(json.dumps(resolved_config(config, point).to_dict()))
+
+
+def validate_points(config: config_dict.ConfigDict, points: Sequence[Point]) -> None:
+  """Refuses the sweep at its first invalid point, before any point starts, so a bad
+  value is not found only after the good points have run (also with --dry_run)."""
+  # Imported here: it loads JAX, which the flag checks before this do not need.
+  from fedjax_seq.training import experiment  # pylint: disable=import-outside-toplevel
+  for point in points:
+    try:
+      experiment.validate(resolved_config(config, point))
+    except UserError as e:
+      raise UserError(f"point {point.name} is invalid: {e}; nothing was run") from None
 
 
 def status(point: Point, wanted: dict) -> tuple[bool, str]:
@@ -251,8 +262,8 @@ def status(point: Point, wanted: dict) -> tuple[bool, str]:
   done = run["records"][-1]["round"] if run["records"] else 0
   if not (results.is_finished(run) and run["config"].get("rounds") == wanted["rounds"]):
     return False, f"at round {done} of {wanted['rounds']}"
-  changed = sorted(k for k, v in _flat(wanted).items()
-                   if _flat(run["config"]).get(k, v) != v)
+  have = results.flatten_config(run["config"])
+  changed = sorted(k for k, v in results.flatten_config(wanted).items() if have.get(k, v) != v)
   note = f"finished ({done} rounds)"
   if changed:
     note += (f"; note: its config.json differs in {', '.join(changed)}; use another "
@@ -311,6 +322,7 @@ def run_sweep(argv: Sequence[str]) -> int:
   points = build_points(FLAGS["config"].config_filename, workdir, axes, overrides, find_main())
   for point in points:
     _check_workdir(point.workdir, "point workdir")
+  validate_points(config, points)
   states = [status(p, point_config(config, p)) for p in points]
 
   if FLAGS.dry_run:
@@ -361,17 +373,16 @@ def run_sweep(argv: Sequence[str]) -> int:
 
 
 def write_summary(points: Sequence[Point], workdir: str, targets: Sequence[float]) -> None:
-  """summary.md and summary.csv over the points that have a readable run."""
+  """summary.md/.csv per group of seeds and summary_runs.md/.csv per point, over the
+  points that have a readable run; prints the group table."""
   runs = []
   for point in points:
     try:
       runs.append(results.load_run(point.workdir))
     except UserError as e:
       print(f"summary: leaving out {point.name}: {e}", file=sys.stderr)
-  rows = results.summarize(runs, targets)
-  csv_path = results.write_table(rows, os.path.join(workdir, "summary.md"))
-  print(f"\n{results.to_markdown(rows)}\nwrote {os.path.join(workdir, 'summary.md')} "
-        f"and {csv_path}", flush=True)
+  rows, paths = results.write_tables(runs, targets, os.path.join(workdir, "summary.md"))
+  print(f"\n{results.to_markdown(rows)}\nwrote {', '.join(paths)}", flush=True)
 
 
 def _one_line(message: str) -> str:

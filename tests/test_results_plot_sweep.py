@@ -4,8 +4,11 @@ The plot tests need matplotlib (the `plot` extra) and fail without it, so CI
 notices a missing extra instead of skipping the figures.
 """
 
+import csv
+import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -51,7 +54,7 @@ SUPERCLIENTS = {
          "kl_from_uniform": 0.35},
         {"id": 2, "clients": [4], "num_examples": 100, "class_counts": [0, 0, 0, 100],
          "kl_from_uniform": 1.39}],
-    "statistics": {}, "client_class_counts": [], "representers": []}
+    "statistics": {}, "client_class_counts": [], "representers": [], "formation_s": 4.5}
 
 
 @pytest.fixture
@@ -69,29 +72,30 @@ def test_summarize_reports_final_best_rounds_to_target_and_wall_time(two_runs):
   runs = [results.load_run(str(d)) for d in two_runs]
   assert results.is_finished(runs[0]) and not results.is_finished(runs[1])
   rows = results.summarize(runs, [0.6, 0.4, 0.7])
-  assert rows == [
+  assert rows == [  # FedSeq's wall time: 30.5 s of training + 4.5 s of formation
       {"run": "fedseq_a0", "algorithm": "fedseq", "dataset": "cifar10", "alpha": 0.0,
        "seed": 0, "rounds": 300, "rounds_done": 300, "final_accuracy": 0.62,
        "best_accuracy": 0.65, "rounds_to_0.6": 200, "rounds_to_0.4": 100,
-       "rounds_to_0.7": None, "wall_time_s": 30.5},
+       "rounds_to_0.7": None, "formation_s": 4.5, "wall_time_incl_formation_s": 35.0},
       {"run": "fedavg_a02", "algorithm": "fedavg", "dataset": "cifar10", "alpha": 0.2,
        "seed": 1, "rounds": 300, "rounds_done": 200, "final_accuracy": 0.5,
        "best_accuracy": 0.5, "rounds_to_0.6": None, "rounds_to_0.4": 200,
-       "rounds_to_0.7": None, "wall_time_s": 24.5}]
+       "rounds_to_0.7": None, "formation_s": None, "wall_time_incl_formation_s": 24.5}]
 
 
 def test_markdown_and_csv(two_runs):
   rows = results.summarize([results.load_run(str(d)) for d in two_runs], [0.6])
   md = results.to_markdown(rows).splitlines()
   assert md[0] == ("| run | algorithm | dataset | alpha | seed | rounds | rounds_done | "
-                   "final_accuracy | best_accuracy | rounds_to_0.6 | wall_time_s |")
+                   "final_accuracy | best_accuracy | rounds_to_0.6 | formation_s | "
+                   "wall_time_incl_formation_s |")
   assert md[2] == ("| fedseq_a0 | fedseq | cifar10 | 0 | 0 | 300 | 300 | 0.6200 | 0.6500 | 200 "
-                   "| 30.5 |")
+                   "| 4.5 | 35.0 |")
   assert md[3] == ("| fedavg_a02 | fedavg | cifar10 | 0.2 | 1 | 300 | 200 | 0.5000 | 0.5000 | - "
-                   "| 24.5 |")
+                   "| - | 24.5 |")
   csv_lines = results.to_csv(rows).splitlines()
   assert csv_lines[0].startswith("run,algorithm,dataset,alpha,seed,")
-  assert csv_lines[2] == "fedavg_a02,fedavg,cifar10,0.2,1,300,200,0.5,0.5,,24.5"
+  assert csv_lines[2] == "fedavg_a02,fedavg,cifar10,0.2,1,300,200,0.5,0.5,,,24.5"
 
 
 def test_iid_runs_are_labelled_iid(tmp_path):
@@ -99,7 +103,7 @@ def test_iid_runs_are_labelled_iid(tmp_path):
   config["data"]["iid"] = True
   run = results.load_run(str(write_run(tmp_path / "iid", config, [record(1, 0.5, 1.0)])))
   assert results.summarize([run])[0]["alpha"] == "iid"
-  assert plot.run_labels([run]) == ["fedavg (iid)"]
+  assert plot.group_labels([[run]]) == ["fedavg (iid)"]
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -112,6 +116,14 @@ def test_iid_runs_are_labelled_iid(tmp_path):
      "metrics.jsonl line 2 is not valid JSON"),
     (lambda d: (d.mkdir(), (d / "config.json").write_text("{}"),
                 (d / "metrics.jsonl").write_text('{"round": 1}\n')), "lacks an integer 'round'"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text("{}"), (d / "metrics.jsonl").write_text(
+        '{"round": 1, "test_accuracy": 0.1}\n{"round": 2, "test_accuracy": 0.2}\n\n'
+        '{"round": 2, "test_accuracy": 0.3}\n')),
+     re.escape("metrics.jsonl line 4: round 2 does not come after round 2 (line 2); rounds must "
+               "strictly increase, so two runs probably wrote to this workdir")),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text("{}"), (d / "metrics.jsonl").write_text(
+        '{"round": 5, "test_accuracy": 0.1}\n{"round": 1, "test_accuracy": 0.2}\n')),
+     re.escape("metrics.jsonl line 2: round 1 does not come after round 5 (line 1)")),
 ])
 def test_load_run_names_the_missing_or_corrupt_path(tmp_path, damage, message):
   run_dir = tmp_path / "broken"
@@ -121,18 +133,26 @@ def test_load_run_names_the_missing_or_corrupt_path(tmp_path, damage, message):
   assert str(run_dir) in str(e.value) and "\n" not in str(e.value)
 
 
-def test_labels_add_what_tells_colliding_runs_apart(tmp_path):
+def test_labels_add_what_tells_colliding_groups_apart(tmp_path):
   mk = lambda name, config: results.load_run(str(write_run(tmp_path / name, config,
                                                            [record(1, 0.1, 1.0)])))
+  lr = lambda config, value: {**config, "client": {"lr": value}}
   runs = [mk("s0", fake_config("fedseq", 0.0, 0)), mk("s1", fake_config("fedseq", 0.0, 1)),
           mk("avg", fake_config("fedavg", 0.5, 0)),
           mk("c100", fake_config("fedavg", 0.2, 0, dataset="cifar100")),
           mk("c10", fake_config("fedavg", 0.2, 0)),
-          mk("x", fake_config("fairavg", 0.0, 0)), mk("y", fake_config("fairavg", 0.0, 0))]
-  assert plot.run_labels(runs) == [
-      "fedseq (alpha=0, seed=0)", "fedseq (alpha=0, seed=1)", "fedavg (alpha=0.5)",
+          mk("x", fake_config("fairavg", 0.0, 0)), mk("y", fake_config("fairavg", 0.0, 0)),
+          mk("lr1", lr(fake_config("fedprox", 0.0, 0), 0.1)),
+          mk("lr2", lr(fake_config("fedprox", 0.0, 0), 0.05)),
+          mk("lr2s1", lr(fake_config("fedprox", 0.0, 1), 0.05))]
+  groups = results.group_runs(runs)
+  assert [[r["name"] for r in g] for g in groups] == [
+      ["s0", "s1"], ["avg"], ["c100"], ["c10"], ["x"], ["y"], ["lr1"], ["lr2", "lr2s1"]]
+  assert plot.group_labels(groups) == [
+      "fedseq (alpha=0, 2 seeds)", "fedavg (alpha=0.5)",
       "fedavg (alpha=0.2, cifar100)", "fedavg (alpha=0.2, cifar10)",
-      "fairavg (alpha=0, x)", "fairavg (alpha=0, y)"]
+      "fairavg (alpha=0, x)", "fairavg (alpha=0, y)",
+      "fedprox (alpha=0, client.lr=0.1)", "fedprox (alpha=0, client.lr=0.05, 2 seeds)"]
 
 
 def run_module(module, *args, env=None, timeout=120):
@@ -157,7 +177,7 @@ def assert_png_with_content(path):
   assert pixels[..., :3].std() > 0.05  # not a blank canvas
 
 
-def test_plot_cli_draws_curves_heatmap_and_table(tmp_path, two_runs):
+def test_plot_cli_draws_curves_heatmap_and_tables(tmp_path, two_runs):
   out, heat, table = tmp_path / "fig" / "curves.png", tmp_path / "heat.png", tmp_path / "t.md"
   proc = run_module("fedjax_seq.plot", *map(str, two_runs), "--out", str(out),
                     "--superclients", str(two_runs[0]), "--heatmap_out", str(heat),
@@ -165,11 +185,21 @@ def test_plot_cli_draws_curves_heatmap_and_table(tmp_path, two_runs):
   assert proc.returncode == 0, proc.stderr
   assert_png_with_content(out)
   assert_png_with_content(heat)
-  md = table.read_text()
-  assert "rounds_to_0.6 | rounds_to_0.7" in md
-  assert "| fedseq_a0 | fedseq | cifar10 | 0 | 0 | 300 | 300 | 0.6200 | 0.6500 | 200 | - |" in md
-  csv_text = (tmp_path / "t.csv").read_text()
-  assert csv_text.splitlines()[1] == "fedseq_a0,fedseq,cifar10,0.0,0,300,300,0.62,0.65,200,,30.5"
+  md = table.read_text().splitlines()  # one group per run: no intervals
+  assert md[0] == ("| algorithm | dataset | alpha | setting | rounds | rounds_done | n_seeds | "
+                   "seeds | final_accuracy ± 95% CI | best_accuracy ± 95% CI | "
+                   "rounds_to_0.6 ± 95% CI | reached_0.6 | rounds_to_0.7 ± 95% CI | "
+                   "reached_0.7 | formation_s | wall_time_incl_formation_s |")
+  assert md[2] == ("| fedseq | cifar10 | 0 | - | 300 | 300 | 1 | 0 | 0.6200 | 0.6500 | 200 | "
+                   "1/1 | - | 0/1 | 4.5 | 35.0 |")
+  csv_lines = (tmp_path / "t.csv").read_text().splitlines()
+  assert csv_lines[2] == "fedavg,cifar10,0.2,,300,200,1,1,0.5,,0.5,,,,0/1,,,0/1,,24.5"
+  runs_md = (tmp_path / "t_runs.md").read_text()
+  assert ("| fedseq_a0 | fedseq | cifar10 | 0 | 0 | 300 | 300 | 0.6200 | 0.6500 | 200 | - | 4.5 "
+          "| 35.0 |") in runs_md
+  assert (tmp_path / "t_runs.csv").read_text().splitlines()[1] == (
+      "fedseq_a0,fedseq,cifar10,0.0,0,300,300,0.62,0.65,200,,4.5,35.0")
+  assert f"wrote {table}, {tmp_path / 't.csv'}, {tmp_path / 't_runs.md'}, " in proc.stdout
 
 
 def test_plot_heatmap_rows_are_class_fractions(tmp_path, two_runs, monkeypatch):
@@ -196,7 +226,11 @@ def test_plot_heatmap_rows_are_class_fractions(tmp_path, two_runs, monkeypatch):
     (["{a}", "--out", "{tmp}/curves.xyz"], "unknown image format 'xyz'"),
     (["{a}", "--out", "{out}", "--heatmap_out", "{out}", "--superclients", "{a}"],
      "must name different files"),
-    (["{a}"], "--out"),
+    (["{a}", "--out", "{tmp}/t_runs.md", "--table", "{tmp}/t.md"], "must name different files"),
+    (["{a}", "--metrics_csv", "{tmp}/t.csv", "--table", "{tmp}/t.md"],
+     "must name different files"),
+    (["{a}", "--metrics_csv", "{tmp}"], "--metrics_csv"),
+    (["{a}"], "nothing to write: give --out, --heatmap_out, --table or --metrics_csv"),
 ])
 def test_plot_bad_input_is_one_line_and_writes_nothing(tmp_path, two_runs, capsys, args,
                                                        fragment):
@@ -273,25 +307,34 @@ def test_sweep_skips_finished_runs_unfinished_and_writes_summary(tmp_path):
   ran = results.load_run(str(workdir / "seed=1"))
   assert [r["round"] for r in ran["records"]] == [1, 2] and ran["config"]["seed"] == 1
   assert ran["config"]["data"]["synthetic"]["train_size"] == 600
-  csv_lines = (workdir / "summary.csv").read_text().splitlines()
+  csv_lines = (workdir / "summary_runs.csv").read_text().splitlines()
   assert csv_lines[0] == ("run,algorithm,dataset,alpha,seed,rounds,rounds_done,final_accuracy,"
-                          "best_accuracy,rounds_to_0.55,rounds_to_0.99,wall_time_s")
-  assert csv_lines[1] == "seed=0,fedavg,synthetic,0.0,0,2,2,0.7,0.7,1,,2.0"
+                          "best_accuracy,rounds_to_0.55,rounds_to_0.99,formation_s,"
+                          "wall_time_incl_formation_s")
+  assert csv_lines[1] == "seed=0,fedavg,synthetic,0.0,0,2,2,0.7,0.7,1,,,2.0"
   assert csv_lines[2].startswith("seed=1,fedavg,synthetic,0.0,1,2,2,")
-  assert "| seed=0 | fedavg | synthetic | 0 | 0 | 2 | 2 | 0.7000 | 0.7000 | 1 | - | 2.0 |" in (
-      workdir / "summary.md").read_text()
+  assert "| seed=0 | fedavg | synthetic | 0 | 0 | 2 | 2 | 0.7000 | 0.7000 | 1 | - | - | 2.0 |" in (
+      workdir / "summary_runs.md").read_text()
+  # The fake seed=0 has another config than the real seed=1: two groups of one seed.
+  groups = list(csv.DictReader(io.StringIO((workdir / "summary.csv").read_text())))
+  assert [(g["algorithm"], g["n_seeds"], g["seeds"]) for g in groups] == [
+      ("fedavg", "1", "0"), ("fedavg", "1", "1")]
+  assert groups[0]["setting"].endswith(" more")  # fields the fake config lacks
 
 
 def test_sweep_reports_a_failing_point_and_goes_on(tmp_path):
   workdir = tmp_path / "sweep"
+  (workdir / "lr=0.1").mkdir(parents=True)  # holds another run's config: main.py refuses it
+  (workdir / "lr=0.1" / "config.json").write_text(json.dumps({"seed": 7}))
   finished_point(workdir, "lr=0.05", 0)
   proc = run_module("fedjax_seq.sweep", "--config=configs/fedavg.py",
-                    "--sweep=config.client.lr=-1,0.05", f"--workdir={workdir}", *TINY)
+                    "--sweep=config.client.lr=0.1,0.05", f"--workdir={workdir}", *TINY)
   assert proc.returncode != 0
-  assert "[1/2] lr=-1: FAILED with exit status 1; going on" in proc.stdout
+  assert "[1/2] lr=0.1: FAILED with exit status 1; going on" in proc.stdout
   assert "[2/2] lr=0.05: finished (2 rounds); skipped" in proc.stdout
-  assert proc.stderr.splitlines()[-1] == "error: 1 of 2 points failed: lr=-1 (exit 1)"
-  assert "| lr=0.05 | fedavg |" in (workdir / "summary.md").read_text()
+  assert "holds a run with another config" in proc.stderr
+  assert proc.stderr.splitlines()[-1] == "error: 1 of 2 points failed: lr=0.1 (exit 1)"
+  assert "| lr=0.05 | fedavg |" in (workdir / "summary_runs.md").read_text()
 
 
 def test_sweep_emits_slurm_scripts_without_running(tmp_path):
