@@ -73,7 +73,8 @@ def local_sgd(w, b, images, labels, batch_list, lr, momentum=0.0, weight_decay=0
   """PyTorch SGD on the listed batches.
 
   grad_term(w, b) -> (gw, gb) is added to the loss gradient (before weight
-  decay and momentum), correction(w, b) after momentum; post_step(w, b) runs
+  decay and momentum), correction(w, b) after momentum and, as the original
+  PGD optimizer does in place, into the momentum buffer; post_step(w, b) runs
   after every step.
   """
   x_all = features(images)
@@ -90,6 +91,8 @@ def local_sgd(w, b, images, labels, batch_list, lr, momentum=0.0, weight_decay=0
     if correction is not None:
       cw, cb = correction(w, b)
       dw, db = dw + cw, db + cb
+      if momentum:
+        bw, bb = dw, db
     w, b = w - lr * dw, b - lr * db
     if post_step is not None:
       post_step(w, b)

@@ -85,22 +85,35 @@ def member_key(key: jax.Array, client_id: jax.Array, pass_index: int) -> jax.Arr
   return k if pass_index == 0 else jax.random.fold_in(k, pass_index)
 
 
-def pass_order(key: jax.Array, real: jax.Array, shuffle: bool, dropout: float):
+DROPOUT_VARIANTS = ("paper", "original")
+
+
+def pass_order(key: jax.Array, real: jax.Array, shuffle: bool, dropout: float,
+               dropout_variant: str = "paper"):
   """(slot order with active members first, active mask) for one pass.
 
-  Dropout removes max(1, min(n - 1, ceil(n * dropout))) distinct members of
-  the n present, as the original's superclient does (it draws the indices
-  with replacement, so it may drop fewer).
+  Dropout draws max(1, min(n - 1, ceil(n * dropout))) of the n present
+  members. "paper": that many distinct members drop, and a lone member
+  never does. "original": as the published code, the indices are drawn
+  with replacement (so fewer may drop) and a lone member drops (its
+  superclient then hands the received model back unchanged).
   """
   m = real.shape[0]
   k_drop, k_shuffle = jax.random.split(key)
   active = real
   if dropout > 0:
     n = jnp.sum(real)
-    n_drop = jnp.where(n > 1, jnp.clip(jnp.ceil(n * dropout).astype(jnp.int32), 1, n - 1), 0)
-    scores = jnp.where(real, jax.random.uniform(k_drop, (m,)), 2.0)
-    rank = jnp.argsort(jnp.argsort(scores))
-    active = real & (rank >= n_drop)
+    wanted = jnp.clip(jnp.ceil(n * dropout).astype(jnp.int32), 1, jnp.maximum(n - 1, 1))
+    if dropout_variant == "original":
+      draws = jax.random.randint(k_drop, (m,), 0, jnp.maximum(n, 1))
+      drawn = jnp.arange(m) < wanted
+      dropped = jnp.any((draws[None, :] == jnp.arange(m)[:, None]) & drawn[None, :], axis=1)
+      active = real & ~dropped
+    else:
+      n_drop = jnp.where(n > 1, wanted, 0)
+      scores = jnp.where(real, jax.random.uniform(k_drop, (m,)), 2.0)
+      rank = jnp.argsort(jnp.argsort(scores))
+      active = real & (rank >= n_drop)
   base = jax.random.uniform(k_shuffle, (m,)) if shuffle else jnp.arange(m, dtype=jnp.float32) / m
   order = jnp.argsort(jnp.where(active, base, 2.0 + jnp.arange(m)))
   return order, active
@@ -108,7 +121,7 @@ def pass_order(key: jax.Array, real: jax.Array, shuffle: bool, dropout: float):
 
 def chain(trainer, rule: LocalRule, params, rows, members: jax.Array, data, key: jax.Array,
           order_key: jax.Array, *, sequential_rounds: int, shuffle: bool, dropout: float,
-          num_clients: int):
+          num_clients: int, dropout_variant: str = "paper"):
   """Trains one superclient's members in sequence; returns (params, rows, mean loss).
 
   `rows` holds the members' per-client state (leading axis = member slot)
@@ -118,7 +131,8 @@ def chain(trainer, rule: LocalRule, params, rows, members: jax.Array, data, key:
   loss_sum = jnp.zeros((), jnp.float32)
   count = jnp.zeros((), jnp.int32)
   for p in range(sequential_rounds):
-    order, active = pass_order(jax.random.fold_in(order_key, p), real, shuffle, dropout)
+    order, active = pass_order(jax.random.fold_in(order_key, p), real, shuffle, dropout,
+                               dropout_variant)
 
     def step(carry, slot, p=p, active=active):
       params, rows, loss_sum, count = carry
@@ -152,6 +166,9 @@ class ChainOut(NamedTuple):
 
 def superclient_update(trainer, rule, sc: Superclients, options: dict, num_clients: int):
   """participant_update(start_params, state_rows, data, sc_id, key) shared with FedSeqInter."""
+  if options.get("dropout_variant", "paper") not in DROPOUT_VARIANTS:
+    raise ValueError(f"unknown dropout variant {options['dropout_variant']!r}; valid: "
+                     f"{', '.join(DROPOUT_VARIANTS)}")
 
   def update(start, client_rows, data, sc_id, key):
     members = sc.members[sc_id]
@@ -172,9 +189,23 @@ def scatter_member_rows(client_rows, members: jax.Array, rows):
 
 def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: float, *,
            rule: LocalRule = LocalRule("plain"), sequential_rounds: int = 1, shuffle: bool = True,
-           dropout: float = 0.0) -> Algorithm:
+           dropout: float = 0.0, dropout_variant: str = "paper") -> Algorithm:
+  """FedSeq over `superclients` (see the module docstring).
+
+  Args:
+    trainer: a `core.engine.LocalTrainer` (one member's local epochs).
+    superclients: the fixed membership table.
+    num_clients: K.
+    fraction: C; max(int(C*S), 1) superclients per round.
+    rule: each member's local rule (plain, prox, dyn).
+    sequential_rounds: E_S, passes over the members per round.
+    shuffle: shuffle the members at every pass.
+    dropout: fraction of members dropped at every pass.
+    dropout_variant: "paper" or "original" (see `pass_order`).
+  """
   validate_rule(rule)
-  options = dict(sequential_rounds=sequential_rounds, shuffle=shuffle, dropout=dropout)
+  options = dict(sequential_rounds=sequential_rounds, shuffle=shuffle, dropout=dropout,
+                 dropout_variant=dropout_variant)
   update = superclient_update(trainer, rule, superclients, options, num_clients)
 
   def init(params):

@@ -9,12 +9,15 @@ depend only on the configuration, so the round compiles once.
 
 SGD follows PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov):
 g = grad(loss) + grad_term(w); d = g + wd * w; buf = momentum * buf + d
-(buf = d on the first step); d = buf + correction(w); w -= lr * d.
+(buf = d on the first step); buf = buf + correction(w); w -= lr * buf.
 Algorithms plug in through two hooks: `grad_term`, the gradient of an extra
 loss term (FedDyn's regulariser, SCAFFOLD's control variate), and
 `correction`, added after momentum as the original FedProx (PGD) optimizer
-adds its proximal term. A `post_step` hook updates per-client state after
-every real step (the original FedDyn client does).
+adds its proximal term: into the momentum buffer itself (its `d_p` is the
+buffer), so with momentum the term accumulates and keeps acting, decayed, in
+later steps; without momentum it is simply added to the step. A `post_step`
+hook updates per-client state after every real step (the original FedDyn
+client does).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -101,7 +104,10 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
   def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,
             ctx: Ctx = None, grad_term: Correction | None = None,
             correction: Correction | None = None,
-            post_step: PostStep | None = None) -> LocalResult:
+            post_step: PostStep | None = None,
+            lr_scale: jax.Array | None = None) -> LocalResult:
+    """`lr_scale` multiplies the learning rate of every step (a schedule's factor)."""
+    lr = sgd.lr if lr_scale is None else sgd.lr * lr_scale
     idx, mask, step_keys = batches(data, client_id, key)
     momentum = (jax.tree.map(jnp.zeros_like, params) if sgd.momentum else None)
 
@@ -118,7 +124,9 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
         d = new_buf
       if correction is not None:
         d = jax.tree.map(jnp.add, d, correction(params, ctx))
-      new_params = jax.tree.map(lambda w, d: w - sgd.lr * d, params, d)
+        if sgd.momentum:  # the original PGD adds it to the buffer itself, in place
+          new_buf = d
+      new_params = jax.tree.map(lambda w, d: w - lr * d, params, d)
       new_ctx = post_step(new_params, ctx) if post_step is not None else ctx
       real = b_mask.any()
       carry = (tree_where(real, new_params, params), tree_where(real, new_buf, buf),

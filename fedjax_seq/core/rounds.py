@@ -37,6 +37,11 @@ class Algorithm(NamedTuple):
   # clients_of(cohort) -> client ids whose per-client rows the round touches
   # (ids >= K are padding); only needed to keep per-client state on the host.
   clients_of: Callable = lambda cohort: cohort
+  # chain(state) -> (on, start): when `on` (a bool scalar), this round's
+  # participants run one after another in cohort order, the first from
+  # `start`, each next one from the model the previous one returned, through
+  # participant_update(..., start=params) (FedSeqInter's original bank).
+  chain: Callable | None = None
 
 
 def num_sampled(fraction: float, population: int) -> int:
@@ -138,6 +143,16 @@ def with_host_client_state(alg: Algorithm, round_fn: Callable) -> Callable:
   return run
 
 
+def chained(alg: Algorithm, state, data, cohort, key: jax.Array, start):
+  """Participants one after another (a `lax.scan`), each from the previous one's model."""
+
+  def step(params, member):
+    out = alg.participant_update(state, data, member, key, start=params)
+    return out.params, out
+
+  return jax.lax.scan(step, start, cohort)[1]
+
+
 def round_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sampling key, training key) of a round."""
   k_sample, k_train = jax.random.split(key)
@@ -162,7 +177,14 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
       state = shard_client_state(state, mesh)
       cohort = shard_rows(alg.sample(state, k_sample), mesh)
       update = lambda member: alg.participant_update(state, data, member, k_train)
-      outs = jax.lax.map(update, cohort, batch_size=chunk) if chunk else jax.vmap(update)(cohort)
+      side_by_side = lambda: (jax.lax.map(update, cohort, batch_size=chunk) if chunk
+                              else jax.vmap(update)(cohort))
+      if alg.chain is None:
+        outs = side_by_side()
+      else:
+        on, start = alg.chain(state)
+        outs = jax.lax.cond(on, lambda: chained(alg, state, data, cohort, k_train, start),
+                            side_by_side)
       state, metrics = alg.aggregate(state, cohort, shard_rows(outs, mesh))
       return shard_client_state(state, mesh), metrics
 
@@ -182,12 +204,20 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
 
     update = jax.jit(alg.participant_update)
     aggregate = jax.jit(alg.aggregate, donate_argnums=0)
+    chain = None if alg.chain is None else jax.jit(alg.chain)
 
     def round_fn(state, data, key):
       cohort, k_train = begin(state, key)
       n = jax.tree.leaves(cohort)[0].shape[0]
-      outs = [update(state, data, jax.tree.map(lambda x: x[i], cohort), k_train)
-              for i in range(n)]
+      on, start = chain(state) if chain is not None else (False, None)
+      outs = []
+      for i in range(n):
+        member = jax.tree.map(lambda x: x[i], cohort)
+        if bool(on):  # one host sync per round, only for algorithms that may chain
+          outs.append(update(state, data, member, k_train, start=start))
+          start = outs[-1].params
+        else:
+          outs.append(update(state, data, member, k_train))
       return aggregate(state, cohort, jax.tree.map(lambda *x: jnp.stack(x), *outs))
 
     return round_fn

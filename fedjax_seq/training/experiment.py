@@ -5,6 +5,8 @@ values. `validate` runs before anything is loaded or written.
 """
 
 import dataclasses
+import json
+import os
 import time
 from typing import Any, Callable
 
@@ -16,8 +18,9 @@ from fedjax_seq.algorithms.fairavg import fairavg
 from fedjax_seq.algorithms.fedavg import fedavg
 from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS, feddyn
 from fedjax_seq.algorithms.fedprox import fedprox
-from fedjax_seq.algorithms.fedseq import LocalRule, fedseq, make_superclients
-from fedjax_seq.algorithms.fedseq_inter import PERIODS, fedseq_inter
+from fedjax_seq.algorithms.centralized import centralized
+from fedjax_seq.algorithms.fedseq import DROPOUT_VARIANTS, LocalRule, fedseq, make_superclients
+from fedjax_seq.algorithms.fedseq_inter import PERIODS, VARIANTS as INTER_VARIANTS, fedseq_inter
 from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core import engine
 from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled, with_host_client_state
@@ -36,6 +39,7 @@ FEDSEQ = {"fedseq": (False, "plain"), "fedseq_prox": (False, "prox"), "fedseq_dy
           "fedseq_inter_dyn": (True, "dyn")}
 ALGORITHMS = ("fedavg", "fairavg", "fedprox", "scaffold", "feddyn", *FEDSEQ, "centralized")
 STRATEGIES = ("auto", "vmap", "loop")
+CENTRALIZED_VARIANTS = ("paper", "original")
 
 
 def _check(cond: bool, msg: str):
@@ -85,6 +89,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(c.algorithm.dyn_variant in DYN_VARIANTS,
          f"unknown algorithm.dyn_variant {c.algorithm.dyn_variant!r}; valid: "
          f"{', '.join(DYN_VARIANTS)}")
+  _check(c.algorithm.centralized_variant in CENTRALIZED_VARIANTS,
+         f"unknown algorithm.centralized_variant {c.algorithm.centralized_variant!r}; valid: "
+         f"{', '.join(CENTRALIZED_VARIANTS)}")
+  _check(not (c.algorithm.name == "scaffold" and c.client.momentum > 0),
+         f"SCAFFOLD takes no momentum (the original's SCAFFOLD optimizer has none); got "
+         f"config.client.momentum={c.client.momentum}, use 0")
   f = c.fedseq
   _check(f.grouping in grouping.METHODS,
          f"unknown fedseq.grouping {f.grouping!r}; valid: {', '.join(grouping.METHODS)}")
@@ -98,6 +108,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "fedseq.representation=confidence or measure cosine/wasserstein")
   _check(f.aggregation_period in PERIODS,
          f"unknown fedseq.aggregation_period {f.aggregation_period!r}; valid: {', '.join(PERIODS)}")
+  _check(f.inter_variant in INTER_VARIANTS,
+         f"unknown fedseq.inter_variant {f.inter_variant!r}; valid: {', '.join(INTER_VARIANTS)}")
+  _check(f.dropout_variant in DROPOUT_VARIANTS,
+         f"unknown fedseq.dropout_variant {f.dropout_variant!r}; valid: "
+         f"{', '.join(DROPOUT_VARIANTS)}")
   _check(f.evaluator_model in MODELS,
          f"unknown fedseq.evaluator_model {f.evaluator_model!r}; valid: {', '.join(MODELS)}")
   _check(f.max_clients >= 1, f"config.fedseq.max_clients must be >= 1, got {f.max_clients}")
@@ -160,16 +175,18 @@ def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Alg
   if a.name == "feddyn":
     return feddyn(trainer, num_clients, frac, alpha=a.dyn_alpha, variant=a.dyn_variant)
   if a.name == "centralized":  # one client holding every training example
+    if a.centralized_variant == "original":
+      return centralized(trainer, rounds=config.rounds)
     return fedavg(trainer, 1, 1.0)
   if a.name in FEDSEQ:
     inter, rule_name = FEDSEQ[a.name]
     f = config.fedseq
     rule = LocalRule(rule_name, mu=a.mu, alpha=a.dyn_alpha, variant=a.dyn_variant)
     options = dict(rule=rule, sequential_rounds=f.sequential_rounds, shuffle=f.shuffle,
-                   dropout=f.dropout)
+                   dropout=f.dropout, dropout_variant=f.dropout_variant)
     if inter:
       return fedseq_inter(trainer, superclients, num_clients, frac,
-                          period=f.aggregation_period, **options)
+                          period=f.aggregation_period, variant=f.inter_variant, **options)
     return fedseq(trainer, superclients, num_clients, frac, **options)
   raise UserError(f"unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}")
 
@@ -190,6 +207,7 @@ def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exem
   start = time.time()
   rng = np.random.default_rng(config.seed + 1)
   sizes = np.asarray(data.client_sizes)
+  grouping.check_feasible(sizes, f.max_clients, f.min_examples)
   if f.grouping == "random":  # needs no client evaluation
     representers = np.zeros((data.num_clients, 0))
   else:
@@ -207,8 +225,10 @@ def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exem
     models = formation.pretrain(trainer, init, data, k_train, strategy=strategy,
                                 chunk=f.pretrain_chunk, progress=progress)
     if f.representation == "confidence":
+      augment_key = (jax.random.fold_in(jax.random.key(config.seed), 2)
+                     if f.augment_exemplars and preprocess.augment else None)
       representers = formation.confidence_vectors(model.apply, preprocess, models, exemplars[0],
-                                                  exemplars[1], ds.num_classes)
+                                                  exemplars[1], ds.num_classes, augment_key)
     else:
       representers = grouping.pca_reduce(
           formation.classifier_representers(models, f.representation), f.pca_variance)
@@ -229,6 +249,37 @@ def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exem
   return groups, info
 
 
+def load_groups_file(path: str, num_clients: int) -> list[np.ndarray]:
+  """Superclient membership from a superclients.json-style file (a study's grouping).
+
+  The file's "superclients" list must cover the run's clients exactly once.
+  """
+  try:
+    with open(path) as fh:
+      groups = [np.asarray(s["clients"], np.int64) for s in json.load(fh)["superclients"]]
+  except FileNotFoundError:
+    raise UserError(f"config.fedseq.superclients_from: {path} does not exist") from None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"config.fedseq.superclients_from: {path} is not a superclients file "
+                    f"({type(e).__name__}: {e})") from None
+  ids = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+  if not all(len(g) for g in groups) or np.sort(ids).tolist() != list(range(num_clients)):
+    raise UserError(f"config.fedseq.superclients_from: the groups in {path} do not cover this "
+                    f"run's {num_clients} clients exactly once (another partition or K?)")
+  return groups
+
+
+def groups_from_file(config, path: str, client_sizes: np.ndarray, client_labels, num_classes: int):
+  """(groups, summary) read from a grouping file instead of forming them."""
+  groups = load_groups_file(path, len(client_sizes))
+  counts = np.stack([np.bincount(l, minlength=num_classes) for l in client_labels])
+  f = config.fedseq
+  info = formation.summary(groups, counts, np.zeros((len(client_sizes), 0)), grouping="file",
+                           source=os.path.abspath(path), max_clients=f.max_clients,
+                           min_examples=f.min_examples, formation_s=0.0)
+  return groups, info
+
+
 def build(config, stream=None, superclients=None) -> Experiment:
   """`superclients`: (groups, summary) from a previous run's superclients.json, or None."""
   validate(config)
@@ -244,8 +295,13 @@ def build(config, stream=None, superclients=None) -> Experiment:
   exemplar_set = (ds.test_images[exemplars], ds.test_labels[exemplars])
   info = None
   if config.algorithm.name in FEDSEQ:
-    if superclients is None:
-      groups, info = form_superclients(config, ds, data, [ds.train_labels[c] for c in clients],
+    client_labels = [ds.train_labels[c] for c in clients]
+    if superclients is None and config.fedseq.superclients_from:
+      groups, info = groups_from_file(config, config.fedseq.superclients_from,
+                                      np.asarray(data.client_sizes), client_labels,
+                                      ds.num_classes)
+    elif superclients is None:
+      groups, info = form_superclients(config, ds, data, client_labels,
                                        exemplar_set, preprocess, strategy, stream)
     else:  # resuming: formation is not redone
       groups, info = superclients
@@ -253,6 +309,8 @@ def build(config, stream=None, superclients=None) -> Experiment:
   algorithm = build_algorithm(config, trainer, data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
   init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
+  if config.algorithm.name == "centralized" and config.algorithm.centralized_variant == "original":
+    kept = np.arange(len(ds.test_labels))  # the original's centralized run tests on all of it
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
   mesh = make_mesh(config.mesh.num_devices) if strategy == "vmap" else None
