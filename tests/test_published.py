@@ -329,3 +329,93 @@ def test_paper_presets_reproduce_the_published_code():
     paper.get_config("fedseq,cifar10,es3")
   for algorithm in paper.algorithms():
     experiment.validate(paper.get_config(f"{algorithm},cifar10"))
+
+
+# --- confidence vectors on augmented exemplars ----------------------------------------
+
+def test_confidence_vectors_on_augmented_exemplars():
+  """Each client scores its own random crop/flip of the exemplars, keyed by client."""
+  from fedjax_seq.data.federated import Preprocess, random_crop_flip
+  from fedjax_seq.models.lenet import MLP
+  from fedjax_seq.superclients import formation
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+  model = MLP(num_classes=3, hidden=(5,))
+  models = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3))))(
+      jax.random.split(jax.random.key(1), 2))
+  pre = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=True)
+  key = jax.random.key(9)
+  got = formation.confidence_vectors(model.apply, pre, models, images, labels, 3, key)
+  plain = formation.confidence_vectors(model.apply, pre, models, images, labels, 3)
+  for i in range(2):
+    params = jax.tree.map(lambda m: m[i], models)
+    x = random_crop_flip(jnp.asarray(images, jnp.float32) / 255.0, jax.random.fold_in(key, i))
+    p = np.asarray(jax.nn.softmax(model.apply(params, (x - 0.5) / 0.25)), np.float64)
+    conf = np.zeros(3)
+    np.add.at(conf, labels, p[np.arange(6), labels])
+    np.testing.assert_allclose(got[i], conf / conf.sum(), rtol=1e-5)
+  assert np.abs(got - plain).max() > 1e-4  # the crops changed the estimate
+
+
+# --- training on a grouping from a file (a study's) ------------------------------------
+
+def small_fedseq_config(**fedseq):
+  c = default.get_config()
+  c.algorithm.name = "fedseq"
+  c.data.name, c.data.num_clients, c.model.name = "synthetic", 12, "mlp"
+  c.data.synthetic.train_size, c.data.synthetic.test_size = 240, 200
+  c.fedseq.evaluator_model, c.fedseq.pretrain_epochs = "mlp", 1
+  c.fedseq.min_examples, c.fedseq.max_clients = 60, 4
+  for k, v in fedseq.items():
+    c.fedseq[k] = v
+  return c
+
+
+def test_superclients_from_a_file(tmp_path):
+  import json
+  path = tmp_path / "grouping.json"
+  groups = [[0, 5, 7], [1, 2, 3, 4], [6, 8, 9, 10, 11]]
+  path.write_text(json.dumps({"superclients": [{"clients": g} for g in groups]}))
+  exp = experiment.build(small_fedseq_config(superclients_from=str(path)))
+  assert [s["clients"] for s in exp.superclients["superclients"]] == groups
+  assert exp.superclients["grouping"] == "file"
+  members = np.asarray(exp.algorithm.clients_of(jnp.arange(3)))
+  assert [sorted(int(c) for c in row if c < 12) for row in members] == [sorted(g) for g in groups]
+  path.write_text(json.dumps({"superclients": [{"clients": [0, 1]}, {"clients": [1, 2]}]}))
+  with pytest.raises(UserError, match="do not cover this run's 12 clients exactly once"):
+    experiment.build(small_fedseq_config(superclients_from=str(path)))
+  with pytest.raises(UserError, match="does not exist"):
+    experiment.build(small_fedseq_config(superclients_from=str(tmp_path / "missing.json")))
+  path.write_text("{not json")
+  with pytest.raises(UserError, match="is not a superclients file"):
+    experiment.build(small_fedseq_config(superclients_from=str(path)))
+
+
+# --- k-means and PCA as the original's scikit-learn ------------------------------------
+
+def test_pca_reduce_is_full_svd_pca_with_u_based_signs():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(12, 5)) @ rng.normal(size=(5, 5)) + 2.0
+  out = grouping.pca_reduce(x, 0.9)
+  centred = x - x.mean(0)
+  u, s, vt = np.linalg.svd(centred, full_matrices=False)
+  keep = int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), 0.9, side="right")) + 1
+  expected = u[:, :keep] * s[:keep]
+  expected *= np.sign(expected[np.argmax(np.abs(expected), axis=0), np.arange(keep)])
+  assert out.shape == (12, keep)
+  np.testing.assert_allclose(out, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_kmeans_grouping_separates_clear_clusters():
+  """Three tight blobs of 4 clients: round-robin groups take one client of each."""
+  rng = np.random.default_rng(0)
+  centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+  blob = np.repeat(np.arange(3), 4)
+  reps = centres[blob] + rng.normal(scale=0.01, size=(12, 2))
+  groups = grouping.group_clients(reps, np.full(12, 10), method="kmeans", max_clients=3,
+                                  min_examples=30, num_classes=3,
+                                  rng=np.random.default_rng(1))
+  assert len(groups) == 4
+  for g in groups:
+    assert sorted(blob[g].tolist()) == [0, 1, 2]

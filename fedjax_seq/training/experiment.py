@@ -159,6 +159,9 @@ def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarra
                     "config.data.alpha")
   kept, exemplars = partition_lib.hold_out_exemplars(
       ds.test_labels, ds.num_classes, d.exemplars_per_class, rng)
+  if len(kept) == 0:
+    raise UserError(f"no test examples left after holding out {d.exemplars_per_class} "
+                    "exemplars per class; lower config.data.exemplars_per_class")
   return ds, clients, kept, exemplars
 
 
