@@ -54,6 +54,12 @@ flags.DEFINE_enum("emit", None, ["slurm"], "Write a batch script per point inste
 flags.DEFINE_string("slurm_time", "24:00:00", "#SBATCH --time of each emitted script.")
 flags.DEFINE_string("targets", "", "Accuracy targets for the summary's rounds-to-target, "
                     "e.g. 0.6,0.7.")
+flags.DEFINE_enum("program", "train", ["train", "study"],
+                  "What each point runs: train (main.py) or study (python -m fedjax_seq.study, "
+                  "the superclient formation study; a point is finished once its study.json "
+                  "exists).")
+flags.DEFINE_string("study_flags", "", "--program=study: flags passed to every study, e.g. "
+                    "'--pretrain_epochs=10,20 --groupings=random,greedy'.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _OVERRIDE = re.compile(r"^-{1,2}(no)?config\.")
@@ -202,8 +208,13 @@ def _format_token(value: Any, token: str) -> str:
 
 
 def build_points(config_arg: str, workdir: str, axes: Sequence[Axis],
-                 overrides: Sequence[str], main_py: str) -> list[Point]:
-  """The product of the axes (first axis slowest), each with its command."""
+                 overrides: Sequence[str], main_py: str,
+                 extra: Sequence[str] = ()) -> list[Point]:
+  """The product of the axes (first axis slowest), each with its command.
+
+  `main_py` is a script path, or a module name run with `python -m`; `extra`
+  flags end every command.
+  """
   labels = _axis_labels(axes)
   points, seen = [], {}
   for combo in itertools.product(*(range(len(a.values)) for a in axes)):
@@ -215,9 +226,11 @@ def build_points(config_arg: str, workdir: str, axes: Sequence[Axis],
     seen[name] = ",".join(tokens)
     assignments = [(axes[k].path, tokens[k], axes[k].values[i]) for k, i in enumerate(combo)]
     point_dir = os.path.join(_display(workdir), name)
-    command = [sys.executable, main_py, f"--config={config_arg}", f"--workdir={point_dir}",
+    program = [main_py] if main_py.endswith(".py") else ["-m", main_py]
+    command = [sys.executable, *program, f"--config={config_arg}", f"--workdir={point_dir}",
                *overrides,
-               *(f"--config.{p}={_format_token(v, t)}" for p, t, v in assignments)]
+               *(f"--config.{p}={_format_token(v, t)}" for p, t, v in assignments),
+               *extra]
     points.append(Point(name, point_dir, assignments, command))
   return points
 
@@ -271,6 +284,13 @@ def status(point: Point, wanted: dict) -> tuple[bool, str]:
   return True, note
 
 
+def study_status(point: Point) -> tuple[bool, str]:
+  """(finished, note) of a study point: finished once its study.json exists."""
+  if os.path.exists(os.path.join(point.workdir, "study.json")):
+    return True, "finished (study.json written)"
+  return False, "not finished"
+
+
 def write_slurm(point: Point, slurm_dir: str, job_prefix: str, time: str) -> str:
   """Writes one sbatch script for a point; returns its path."""
   script = os.path.join(slurm_dir, f"{point.name}.sbatch")
@@ -319,11 +339,19 @@ def run_sweep(argv: Sequence[str]) -> int:
   if not _SLURM_TIME.match(FLAGS.slurm_time):
     raise UserError(f"--slurm_time={FLAGS.slurm_time}: expected e.g. 24:00:00 or 1-00:00:00")
   targets = results.parse_targets(FLAGS.targets)
-  points = build_points(FLAGS["config"].config_filename, workdir, axes, overrides, find_main())
+  study = FLAGS.program == "study"
+  try:
+    extra = shlex.split(FLAGS.study_flags)
+  except ValueError as e:
+    raise UserError(f"--study_flags: {e}") from None
+  if extra and not study:
+    raise UserError("--study_flags needs --program=study")
+  points = build_points(FLAGS["config"].config_filename, workdir, axes, overrides,
+                        "fedjax_seq.study" if study else find_main(), extra)
   for point in points:
     _check_workdir(point.workdir, "point workdir")
   validate_points(config, points)
-  states = [status(p, point_config(config, p)) for p in points]
+  states = [study_status(p) if study else status(p, point_config(config, p)) for p in points]
 
   if FLAGS.dry_run:
     for point, (finished, note) in zip(points, states):
@@ -366,7 +394,12 @@ def run_sweep(argv: Sequence[str]) -> int:
     if rc != 0:
       failed.append(f"{point.name} (exit {rc})")
       print(f"{prefix}: FAILED with exit status {rc}; going on", flush=True)
-  write_summary(points, workdir, targets)
+  if study:
+    done = [p for p in points if study_status(p)[0]]
+    print("\n".join(["", f"{len(done)} of {len(points)} studies finished; their tables:"] +
+                     [f"  {os.path.join(p.workdir, 'study.md')}" for p in done]), flush=True)
+  else:
+    write_summary(points, workdir, targets)
   if failed:
     raise UserError(f"{len(failed)} of {len(points)} points failed: {', '.join(failed)}")
   return 0

@@ -71,3 +71,24 @@ def test_sweep_summary_reports_each_setting_over_its_seeds(tmp_path):
       ("lr=0.05,seed=0", "0.7", ""), ("lr=0.05,seed=1", "0.72", ""),
       ("lr=0.05,seed=2", "0.74", ""), ("lr=0.1,seed=0", "0.6", "1.0"),
       ("lr=0.1,seed=1", "0.6", "1.0"), ("lr=0.1,seed=2", "0.66", "1.0")]
+
+
+def test_sweep_runs_the_study_module_and_skips_finished_studies(tmp_path):
+  """--program=study: each point is `python -m fedjax_seq.study` with the study flags; a
+  point whose study.json exists is finished."""
+  workdir = tmp_path / "sweep"
+  (workdir / "alpha=0").mkdir(parents=True)
+  (workdir / "alpha=0" / "study.json").write_text("{}")
+  proc = run_module("fedjax_seq.sweep", "--config=configs/study.py:fashion_mnist,800,11",
+                    "--program=study", "--study_flags=--pretrain_epochs=10,20 --noheatmaps",
+                    "--sweep=config.data.alpha=0,0.5", f"--workdir={workdir}", "--dry_run")
+  assert proc.returncode == 0, proc.stderr
+  assert "skip alpha=0: finished (study.json written)" in proc.stderr
+  (line,) = proc.stdout.splitlines()
+  assert line.split()[1:] == [
+      "-m", "fedjax_seq.study", "--config=configs/study.py:fashion_mnist,800,11",
+      f"--workdir={workdir / 'alpha=0.5'}", "--config.data.alpha=0.5",
+      "--pretrain_epochs=10,20", "--noheatmaps"]
+  proc = run_module("fedjax_seq.sweep", "--config=configs/fedseq.py", "--study_flags=--x",
+                    "--sweep=config.data.alpha=0,0.5", f"--workdir={workdir}", "--dry_run")
+  assert_one_error_line(proc, "error: --study_flags needs --program=study")
