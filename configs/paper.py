@@ -53,7 +53,7 @@ from fedjax_seq.errors import UserError
 ROUNDS = {"cifar10": 10000, "cifar100": 20000}
 EVAL_EVERY = 100
 # Files in configs/ that are not one algorithm's experiment.
-_NOT_ALGORITHMS = ("__init__", "default", "paper", "quickstart")
+_NOT_ALGORITHMS = ("__init__", "default", "paper", "quickstart", "study")
 
 
 class PresetError(UserError, OSError):

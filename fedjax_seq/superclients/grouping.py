@@ -14,7 +14,7 @@ import numpy as np
 from fedjax_seq.errors import UserError
 
 MEASURES = ("kullback", "gini", "cosine", "wasserstein")
-METHODS = ("greedy", "kmeans", "random")
+METHODS = ("greedy", "kmeans", "random", "greedy_mixture")
 _PROB_TOL = 1e-6
 
 
@@ -86,8 +86,11 @@ def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
 
   scikit-learn's `PCA(n_components=variance, svd_solver="full")`, as the
   original: the fewest components whose cumulative explained-variance ratio
-  exceeds `variance` (all of them at 1), with scikit-learn's `svd_flip` sign
-  convention. With zero total variance one all-zero column is returned.
+  exceeds `variance` (all of them at 1). Signs follow the `svd_flip` rule of
+  the scikit-learn release the original ran (1.0, decided on U): in each
+  output column the entry of largest magnitude is positive (releases from
+  1.5 decide on the components instead). With zero total variance one
+  all-zero column is returned.
   """
   from sklearn.decomposition import PCA
   x = np.asarray(x, dtype=np.float64)
@@ -97,7 +100,9 @@ def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
     raise UserError(f"PCA variance must be in (0, 1], got {variance}")
   if x.shape[0] < 2 or not np.any(x != x[0]):
     return np.zeros((x.shape[0], 1))
-  return PCA(n_components=None if variance == 1 else variance, svd_solver="full").fit_transform(x)
+  out = PCA(n_components=None if variance == 1 else variance, svd_solver="full").fit_transform(x)
+  signs = np.sign(out[np.argmax(np.abs(out), axis=0), np.arange(out.shape[1])])
+  return out * np.where(signs == 0, 1.0, signs)
 
 
 def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -133,6 +138,13 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
     takes the highest-id remaining client of each non-empty cluster in turn.
     `measure` is unused.
   * `random`: a permutation from `rng`; `representers` is unused.
+  * `greedy_mixture` (ours, not in the paper; `measure` is unused): the
+    remaining client whose addition leaves the group closest to uniform,
+    i.e. the lowest KL(size-weighted mixture of the group and the client ||
+    uniform), first one on ties; then, after redistribution, pairwise swaps
+    between superclients on the estimated class counts (size x representer)
+    while a swap lowers the sum of the two superclients' KL from uniform
+    (`refine_by_swaps`). Needs probability vectors (`confidence`).
 
   Only the last group is checked against `min_examples` (earlier groups close
   short only on `max_clients`). If it is short and other groups exist, the
@@ -192,6 +204,8 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
       while not cluster:
         cluster = next(cycle)
       return int(cluster.pop())
+  elif method == "greedy_mixture":
+    pick = _mixture_picker(reps, sizes)
   else:
     order = iter(rng.permutation(n).tolist())
     pick = lambda group: next(order)
@@ -208,7 +222,24 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
     groups.append(group)
   else:
     _redistribute(group, groups, sizes, max_clients, min_examples)
+  if method == "greedy_mixture":
+    groups = refine_by_swaps(groups, sizes[:, None] * reps, sizes, min_examples)
   return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
+def check_feasible(sizes: np.ndarray, max_clients: int, min_examples: int) -> None:
+  """Refuses, before any client evaluation, constraints no grouping can meet.
+
+  If even the `max_clients` largest clients hold fewer than `min_examples`
+  examples, every group closes full and short, so the short last group has
+  nowhere to go (unless all clients fit in one group).
+  """
+  sizes = np.sort(np.asarray(sizes))[::-1]
+  if len(sizes) > max_clients and sizes[:max_clients].sum() < min_examples:
+    raise UserError(
+        f"cannot form superclients: the {max_clients} largest clients hold "
+        f"{int(sizes[:max_clients].sum())} < min_examples={min_examples} examples; raise "
+        "config.fedseq.max_clients or lower config.fedseq.min_examples")
 
 
 def _redistribute(short: list[int], groups: list[list[int]],
@@ -228,3 +259,94 @@ def _redistribute(short: list[int], groups: list[list[int]],
     for g in open_groups:
       if short and len(g) < max_clients:
         g.append(short.pop())
+
+
+def kl_rows(counts: np.ndarray) -> np.ndarray:
+  """KL(row / row sum || uniform) of each row of (non-negative) class counts, in nats.
+
+  0 log 0 counts as 0 and an all-zero row has KL 0. Works on any leading shape.
+  """
+  counts = np.asarray(counts, dtype=np.float64)
+  total = counts.sum(-1, keepdims=True)
+  p = counts / np.where(total > 0, total, 1.0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    terms = np.where(p > 0, p * np.log(p * counts.shape[-1]), 0.0)
+  return terms.sum(-1)
+
+
+def _mixture_picker(reps: np.ndarray, sizes: np.ndarray) -> Callable[[list[int]], int]:
+  """`greedy_mixture`'s choice: the client that leaves the group closest to uniform."""
+  if np.any(reps < 0) or np.any(np.abs(reps.sum(1) - 1) > _PROB_TOL):
+    raise UserError("grouping 'greedy_mixture' needs probability vectors (rows non-negative, "
+                    "summing to 1): use the `confidence` representation")
+  weights = np.asarray(sizes, dtype=np.float64)
+  left = list(range(len(reps)))
+
+  def pick(group: list[int]) -> int:
+    cand = reps[left]
+    # What the group would become with each candidate: its estimated class
+    # counts plus the candidate's. Only the direction matters for the KL; a
+    # group and candidate without examples fall back to the plain mean.
+    mixed = weights[group] @ reps[group] + weights[left, None] * cand
+    empty = mixed.sum(1) <= 0
+    if np.any(empty):
+      mixed[empty] = reps[group].sum(0) + cand[empty]
+    return left.pop(int(np.argmin(kl_rows(mixed))))
+
+  return pick
+
+
+def refine_by_swaps(groups: list[list[int]], counts: np.ndarray, sizes: np.ndarray,
+                    min_examples: int, max_passes: int = 100) -> list[list[int]]:
+  """Pairwise client swaps between superclients that lower their summed KL from uniform.
+
+  `counts` (K, C) are the class counts the swaps are judged on (true ones for
+  an oracle, size x confidence vector for an estimate). Passes over the groups
+  in order; for group a, every swap of one of its members with a client of
+  another group b is scored by KL(a') + KL(b') - KL(a) - KL(b) and the lowest
+  is made if it is below -1e-12 (first on ties: a's earlier member, then the
+  lower client id). A swap keeps both groups' client counts (so max_clients
+  holds) and never takes a group's examples below min(min_examples, what it
+  held). Stops after a pass without a swap, or after `max_passes` passes.
+  The swapped-in client takes the swapped-out one's position. Deterministic.
+  """
+  groups = [list(g) for g in groups]
+  counts = np.asarray(counts, dtype=np.float64)
+  sizes = np.asarray(sizes)
+  if len(groups) < 2:
+    return groups
+  owner = np.empty(len(counts), dtype=np.int64)
+  for s, g in enumerate(groups):
+    owner[g] = s
+  sums = np.stack([counts[g].sum(0) for g in groups])
+  examples = np.array([int(sizes[g].sum()) for g in groups])
+  kls = kl_rows(sums)
+  for _ in range(max_passes):
+    swapped = False
+    for a in range(len(groups)):
+      mine = np.asarray(groups[a])
+      others = np.flatnonzero(owner != a)
+      b = owner[others]
+      gain = counts[others][None] - counts[mine][:, None]  # a gains j, loses i
+      delta = (kl_rows(sums[a] + gain) + kl_rows(sums[b][None] - gain)
+               - kls[a] - kls[b][None])
+      moved = sizes[others][None].astype(np.int64) - sizes[mine][:, None]
+      ok = ((examples[a] + moved >= min(min_examples, examples[a]))
+            & (examples[b][None] - moved >= np.minimum(min_examples, examples[b])[None]))
+      delta = np.where(ok, delta, np.inf)
+      best = int(np.argmin(delta))
+      if not delta.flat[best] < -1e-12:
+        continue
+      i, j = np.unravel_index(best, delta.shape)
+      ci, cj, gb = int(mine[i]), int(others[j]), int(b[j])
+      groups[a][i] = cj
+      groups[gb][groups[gb].index(cj)] = ci
+      owner[ci], owner[cj] = gb, a
+      for s in (a, gb):  # recomputed from the members: no drift over many swaps
+        sums[s] = counts[groups[s]].sum(0)
+        examples[s] = int(sizes[groups[s]].sum())
+      kls[[a, gb]] = kl_rows(sums[[a, gb]])
+      swapped = True
+    if not swapped:
+      break
+  return groups

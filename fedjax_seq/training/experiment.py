@@ -103,6 +103,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(f.representation in formation.REPRESENTATIONS,
          f"unknown fedseq.representation {f.representation!r}; valid: "
          f"{', '.join(formation.REPRESENTATIONS)}")
+  _check(not (f.grouping == "greedy_mixture" and f.representation != "confidence"),
+         "fedseq.grouping=greedy_mixture needs probability vectors: use "
+         "fedseq.representation=confidence")
   _check(not (grouping.requires_probabilities(f.measure) and f.representation != "confidence"),
          f"fedseq.measure={f.measure} needs probability vectors: use "
          "fedseq.representation=confidence or measure cosine/wasserstein")
@@ -166,6 +169,7 @@ def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarra
 
 
 def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Algorithm:
+  """The configured algorithm over `trainer` (superclients for the FedSeq family)."""
   a, frac = config.algorithm, config.client.fraction
   if a.name == "fedavg":
     return fedavg(trainer, num_clients, frac)
@@ -195,6 +199,7 @@ def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Alg
 
 
 def make_trainer(config, model, preprocess, local_epochs: int):
+  """Local SGD as configured (lr, momentum, weight decay, batch, unroll, step cap)."""
   c = config.client
   return engine.make_local_trainer(
       model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),

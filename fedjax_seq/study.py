@@ -1,0 +1,842 @@
+"""How superclients are formed: the paper's clustering study (Table IV, Figs. 3-8), no training.
+
+  python -m fedjax_seq.study --config=configs/fedseq.py --workdir=DIR [--config.X=...]
+      [--groupings=random,greedy,kmeans,greedy_mixture] [--measures=kullback,gini,cosine,wasserstein]
+      [--representations=confidence,classifier_last,classifier_last2,classifier_all]
+      [--pretrain_epochs=1,5,10,20] [--save_models] [--models_from=OTHER_STUDY_DIR]
+      [--random_repeats=20] [--noheatmaps]
+
+Loads and partitions the data exactly as a training run of the config does,
+pre-trains the K clients' evaluator models once per pre-training-epochs
+value (each value from scratch, exactly as a training run with that value:
+E epochs are not continued from fewer, see below), extracts every requested
+representation from the same models, and forms every compatible grouping x
+measure x representation x epochs combination with the config's
+max_clients / min_examples and the generator a training run uses for
+grouping (`default_rng(seed + 1)`, fresh per combination), so each
+combination's groups are the groups a training run with that setting forms.
+`random` needs no representation and is always included. Incompatible
+combinations (kullback/gini or greedy_mixture on a non-probability
+representation) are skipped and listed.
+
+Reference rows built from the clients' true class counts (a simulation
+knows them; never a training option) are marked `oracle`:
+* `oracle-greedy-kullback`: the original's greedy + kullback on the true
+  normalised class distributions;
+* `oracle`: the lowest mean KL of greedy_mixture on the true distributions,
+  and of `oracle-greedy-kullback` and of the best representer-based
+  combination, each then refined by swaps on the true class counts
+  (`grouping.refine_by_swaps`). So it is <= every other row by construction.
+
+Scores per combination: number of superclients, clients and examples per
+superclient, the mean and max KL divergence of the superclients' class
+distributions from uniform (lower is better), mean distinct classes per
+superclient, and the mean +- std of the mean KL of `random_repeats` random
+groupings with the same superclient sizes (clients per superclient). Per
+pre-training-epochs value, the error of the confidence vectors as estimates
+of the clients' class distributions: mean KL(true || estimate) (estimate
+smoothed by 1e-6), mean total variation, and how often the estimate's top
+class is the client's largest class.
+
+DIR receives:
+* study.json: settings, every combination's membership, class counts and
+  scores, skipped combinations, estimate errors (deterministic: a rerun or a
+  study on reused models writes the same file; wall times go to timing.json);
+* study.md / study.csv: the table sorted by mean KL from uniform;
+* groupings/<name>.json: each combination's superclients in the
+  superclients.json format, for `--config.fedseq.superclients_from=`;
+* heatmaps/<name>.png, comparison.png, estimate_error.png;
+* representers/e<E>.npz (the representers per epochs value) and, with
+  --save_models, models/e<E>.npz (every client's pre-trained model).
+
+Rerunning the same command finishes what is missing: representers,
+groupings and heatmaps already in DIR are reused (DIR's study_config.json
+must match the config, else the study refuses). `--models_from=OTHER_DIR`
+reuses another study's saved models (same data, partition and evaluator
+settings, checked) instead of pre-training.
+
+Pre-training is not continued across epochs values: a client's E-epoch
+schedule does begin with its E'-epoch one, but the scan over E * steps is a
+different XLA program from the one over E' * steps, so bit-identity with a
+training run is not guaranteed; every value is pre-trained separately.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+
+from fedjax_seq.errors import UserError
+from fedjax_seq.superclients import grouping
+from fedjax_seq.superclients.formation import REPRESENTATIONS, kl_from_uniform, summary
+
+GROUPINGS = grouping.METHODS
+MEASURES = grouping.MEASURES
+# Groupings that use a measure; the others ignore it (one row per representation).
+USES_MEASURE = ("greedy",)
+# Groupings that need probability vectors whatever the measure.
+NEEDS_PROBABILITIES = ("greedy_mixture",)
+ESTIMATE_EPS = 1e-6
+STUDY_FILE, CONFIG_FILE, TIMING_FILE = "study.json", "study_config.json", "timing.json"
+ORACLE, ORACLE_KULLBACK = "oracle", "oracle-greedy-kullback"
+# Config fields that decide the pre-trained models (with the data's content hash).
+MODEL_FIELDS = ("seed", "data.name", "data.num_clients", "data.alpha", "data.iid",
+                "data.max_iter_dirichlet", "data.rebalance", "data.augment",
+                "fedseq.evaluator_model", "model.conv_impl", "model.compute_dtype",
+                "client.lr", "client.momentum", "client.weight_decay", "client.batch_size",
+                "client.max_steps", "engine.unroll")
+# ... and the ones that further decide representers and groupings.
+STUDY_FIELDS = MODEL_FIELDS + ("data.exemplars_per_class", "fedseq.max_clients",
+                               "fedseq.min_examples", "fedseq.pca_variance",
+                               "fedseq.augment_exemplars")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What to study (the command's flags, validated)."""
+  groupings: tuple[str, ...] = GROUPINGS
+  measures: tuple[str, ...] = MEASURES
+  representations: tuple[str, ...] = REPRESENTATIONS
+  pretrain_epochs: tuple[int, ...] = ()  # () = the config's fedseq.pretrain_epochs
+  save_models: bool = False
+  models_from: str = ""
+  random_repeats: int = 20
+  heatmaps: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Combination:
+  name: str
+  grouping: str
+  measure: str | None = None
+  representation: str | None = None
+  pretrain_epochs: int | None = None
+  oracle: bool = False
+
+
+def _names(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
+  names = [n.strip() for n in text.split(",")]
+  if not text.strip() or any(not n for n in names):
+    raise UserError(f"--{what} needs a non-empty comma-separated list; valid: {', '.join(valid)}")
+  for n in names:
+    if n not in valid:
+      raise UserError(f"unknown {what[:-1].replace('_', ' ')} {n!r} in --{what}; valid: "
+                      f"{', '.join(valid)}")
+  return tuple(dict.fromkeys(names))
+
+
+def parse_options(groupings: str = ",".join(GROUPINGS), measures: str = ",".join(MEASURES),
+                  representations: str = ",".join(REPRESENTATIONS),
+                  pretrain_epochs: str | None = None,
+                  save_models: bool = False, models_from: str = "", random_repeats: int = 20,
+                  heatmaps: bool = True) -> Options:
+  """Options from the flags' text; raises UserError on any bad value."""
+  epochs: tuple[int, ...] = ()  # None: the config's fedseq.pretrain_epochs
+  if pretrain_epochs is not None:
+    values = [v.strip() for v in str(pretrain_epochs).split(",")]
+    try:
+      epochs = tuple(int(v) for v in values)
+    except ValueError:
+      raise UserError("--pretrain_epochs needs a non-empty comma-separated list of integers, "
+                      f"got {pretrain_epochs!r}") from None
+    if any(e < 1 for e in epochs):
+      raise UserError(f"--pretrain_epochs must all be >= 1, got {pretrain_epochs}")
+    epochs = tuple(sorted(set(epochs)))
+  if random_repeats < 1:
+    raise UserError(f"--random_repeats must be >= 1, got {random_repeats}")
+  return Options(_names(groupings, GROUPINGS, "groupings"), _names(measures, MEASURES, "measures"),
+                 _names(representations, REPRESENTATIONS, "representations"), epochs,
+                 bool(save_models), models_from, int(random_repeats), bool(heatmaps))
+
+
+def combination_name(grouping_name: str, measure: str | None, representation: str | None,
+                     epochs: int | None) -> str:
+  """A short name for one grouping setting, e.g. greedy-kullback-confidence-e10."""
+  if grouping_name == "random":
+    return "random"
+  parts = [grouping_name] + ([measure] if grouping_name in USES_MEASURE else [])
+  return "-".join(parts + [representation, f"e{epochs}"])
+
+
+def config_combination(config) -> str:
+  """The name of the combination a training run of `config` forms."""
+  f = config.fedseq
+  return combination_name(f.grouping, f.measure, f.representation, f.pretrain_epochs)
+
+
+def plan(options: Options, epochs: Sequence[int]) -> tuple[list[Combination], list[dict]]:
+  """The combinations to form (random first) and the skipped ones, with the reason."""
+  combos, skipped = [Combination("random", "random")], []
+  for g in options.groupings:
+    if g == "random":
+      continue
+    for e in epochs:
+      for rep in options.representations:
+        for m in (options.measures if g in USES_MEASURE else (None,)):
+          name = combination_name(g, m, rep, e)
+          if rep != "confidence" and (g in NEEDS_PROBABILITIES or
+                                      (m is not None and grouping.requires_probabilities(m))):
+            what = f"measure {m}" if g in USES_MEASURE else f"grouping {g}"
+            skipped.append({"name": name, "reason": f"{what} needs probability vectors "
+                                                    f"(confidence), not {rep}"})
+          else:
+            combos.append(Combination(name, g, m, rep, e))
+  return combos, skipped
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def score_groups(groups: Sequence[Sequence[int]], counts: np.ndarray) -> dict:
+  """Superclient statistics from the clients' class counts (K, C)."""
+  sc = np.stack([counts[list(g)].sum(0) for g in groups])
+  kls = np.array([kl_from_uniform(c) for c in sc])
+  examples = sc.sum(1)
+  members = np.array([len(g) for g in groups])
+  return {"num_superclients": len(groups),
+          "clients_mean": float(members.mean()), "clients_max": int(members.max()),
+          "examples_min": int(examples.min()), "examples_mean": float(examples.mean()),
+          "examples_max": int(examples.max()),
+          "classes_mean": float((sc > 0).sum(1).mean()),
+          "kl_mean": float(kls.mean()), "kl_max": float(kls.max())}
+
+
+def random_baseline(members: Sequence[int], counts: np.ndarray, repeats: int,
+                    rng: np.random.Generator) -> tuple[float, float]:
+  """Mean and std (ddof 1; 0 for one draw) of the mean KL of random groups of these sizes."""
+  bounds = np.cumsum(members)[:-1]
+  values = []
+  for _ in range(repeats):
+    groups = np.split(rng.permutation(len(counts)), bounds)
+    values.append(np.mean([kl_from_uniform(counts[g].sum(0)) for g in groups]))
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if repeats > 1 else 0.0
+
+
+def estimate_error(counts: np.ndarray, estimates: np.ndarray) -> dict:
+  """How well probability estimates (K, C) match the clients' true class distributions."""
+  p = counts / counts.sum(1, keepdims=True)
+  q = (np.asarray(estimates, np.float64) + ESTIMATE_EPS) / (1 + ESTIMATE_EPS * p.shape[1])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    kl = np.where(p > 0, p * np.log(p / q), 0.0).sum(1)
+  return {"kl_mean": float(kl.mean()), "tv_mean": float(0.5 * np.abs(p - q).sum(1).mean()),
+          "top_class_agreement": float(np.mean(q.argmax(1) == p.argmax(1)))}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_atomic(path: str, data: bytes | str) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as fh:
+    fh.write(data.encode() if isinstance(data, str) else data)
+  os.replace(tmp, path)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  _write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as fh:
+      return json.load(fh)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {e}") from None
+
+
+def _save_npz(path: str, arrays: dict, meta: dict) -> None:
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, __meta__=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+  os.replace(tmp, path)
+
+
+def _load_npz(path: str) -> tuple[dict, dict]:
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError) as e:
+    raise UserError(f"cannot read {path}: {e}") from None
+  meta = json.loads(str(arrays.pop("__meta__", "{}")))
+  return arrays, meta
+
+
+def _differences(want: dict, have: dict) -> list[str]:
+  return [f"{k}: {have.get(k)!r} there, {want.get(k)!r} here"
+          for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+
+
+def _config_value(config, path: str):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def _fingerprints(config, ds, clients, exemplars) -> tuple[dict, dict]:
+  """(models' fingerprint, study's fingerprint): config fields plus hashes of the data."""
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(ds.train_images).tobytes())
+  h.update(np.asarray(ds.train_labels, np.int64).tobytes())
+  for c in clients:
+    h.update(np.asarray(len(c), np.int64).tobytes())
+    h.update(np.asarray(c, np.int64).tobytes())
+  models = {k: _config_value(config, k) for k in MODEL_FIELDS}
+  models["clients_sha256"] = h.hexdigest()
+  e = hashlib.sha256()
+  e.update(np.ascontiguousarray(ds.test_images[exemplars]).tobytes())
+  e.update(np.asarray(ds.test_labels[exemplars], np.int64).tobytes())
+  study = {**{k: _config_value(config, k) for k in STUDY_FIELDS}, **models,
+           "exemplars_sha256": e.hexdigest()}
+  return models, study
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _pyplot():
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError('the study draws pictures with matplotlib, which is not installed; run: '
+                    'pip install -e ".[plot]" (or pass --noheatmaps and ignore the figures)'
+                    ) from None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+_COLOURS = {"random": "tab:gray", "greedy": "tab:blue", "kmeans": "tab:orange",
+            "greedy_mixture": "tab:green"}
+_LINE_STYLES = {"greedy-kullback": ("tab:blue", "o"), "greedy-gini": ("tab:cyan", "v"),
+                "greedy-cosine": ("tab:purple", "s"), "greedy-wasserstein": ("tab:brown", "D"),
+                "kmeans": ("tab:orange", "^"), "greedy_mixture": ("tab:green", "P")}
+
+
+def plot_comparison(rows: list[dict], out_path: str, title: str) -> None:
+  """Mean KL from uniform per combination (best on top), random band, oracle line."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 1.3 + 0.15 * len(rows)), dpi=100)
+  y = np.arange(len(rows))[::-1]
+  colours = ["black" if r["oracle"] else _COLOURS.get(r["grouping"], "tab:purple") for r in rows]
+  ax.barh(y, [r["kl_mean"] for r in rows], color=colours, height=0.7)
+  rand = next(r for r in rows if r["name"] == "random")
+  lo, hi = rand["random_kl_mean"] - rand["random_kl_std"], rand["random_kl_mean"] + rand["random_kl_std"]
+  ax.axvspan(lo, hi, color="tab:gray", alpha=0.25, label="random, mean +- std")
+  oracle = next(r for r in rows if r["name"] == ORACLE)
+  ax.axvline(oracle["kl_mean"], color="black", linestyle="--", linewidth=1, label="oracle")
+  ax.set_yticks(y)
+  ax.set_yticklabels([r["name"] for r in rows], fontsize=6)
+  ax.set_ylim(-0.6, len(rows) - 0.4)
+  ax.set_xlabel("mean KL(superclient classes || uniform), lower is better")
+  ax.set_title(title, fontsize="small")
+  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLOURS.values()]
+  handles += [plt.Rectangle((0, 0), 1, 1, color="black")]
+  extra, extra_labels = ax.get_legend_handles_labels()
+  ax.legend(handles + extra, list(_COLOURS) + ["oracle (true labels)"] + extra_labels,
+            fontsize=6, loc="upper right", framealpha=0.9)
+  ax.grid(True, axis="x", alpha=0.3)
+  _save(plt, fig, out_path)
+
+
+def plot_estimates(rows: list[dict], estimates: dict, out_path: str, title: str) -> None:
+  """Confidence-vector error and superclient KL against pre-training epochs."""
+  plt = _pyplot()
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+  if estimates:
+    es = sorted(int(e) for e in estimates)
+    left.plot(es, [estimates[str(e)]["kl_mean"] for e in es], "o-", label="KL(true || estimate)")
+    left.plot(es, [estimates[str(e)]["tv_mean"] for e in es], "s-", label="total variation")
+    left.plot(es, [1 - estimates[str(e)]["top_class_agreement"] for e in es], "^-",
+              label="top class wrong (fraction)")
+    left.legend(fontsize=7)
+  else:
+    left.text(0.5, 0.5, "no confidence representation", ha="center", transform=left.transAxes)
+  left.set_xlabel("pre-training epochs")
+  left.set_title("confidence vectors vs true class distributions", fontsize="small")
+  left.grid(True, alpha=0.3)
+  lines: dict[str, list] = {}
+  for r in rows:
+    if r["representation"] == "confidence" and not r["oracle"]:
+      key = r["name"].rsplit("-e", 1)[0]
+      lines.setdefault(key, []).append((r["pretrain_epochs"], r["kl_mean"], r["grouping"]))
+  for key, points in sorted(lines.items()):
+    points.sort()
+    colour, marker = _LINE_STYLES.get(key.replace("-confidence", ""), ("tab:pink", "x"))
+    right.plot([p[0] for p in points], [p[1] for p in points], marker=marker, linestyle="-",
+               label=key, color=colour)
+  rand = next(r for r in rows if r["name"] == "random")
+  right.axhspan(rand["random_kl_mean"] - rand["random_kl_std"],
+                rand["random_kl_mean"] + rand["random_kl_std"], color="tab:gray", alpha=0.25,
+                label="random, mean +- std")
+  oracle = next(r for r in rows if r["name"] == ORACLE)
+  right.axhline(oracle["kl_mean"], color="black", linestyle="--", linewidth=1, label="oracle")
+  right.set_xlabel("pre-training epochs")
+  right.set_ylabel("mean KL from uniform")
+  right.set_title("superclients formed on confidence vectors", fontsize="small")
+  right.legend(fontsize=6, loc="best")
+  right.grid(True, alpha=0.3)
+  fig.suptitle(title, fontsize="small")
+  _save(plt, fig, out_path)
+
+
+def _save(plt, fig, out_path: str) -> None:
+  try:
+    fig.tight_layout()
+    fig.savefig(out_path)
+  except OSError as e:
+    raise UserError(f"cannot write {out_path}: {e.strerror or e}") from None
+  finally:
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(v, digits=3):
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.{digits}f}"
+  return str(v)
+
+
+TABLE_COLUMNS = ("rank", "name", "grouping", "measure", "representation", "pretrain_epochs",
+                 "oracle", "config_setting", "num_superclients", "clients_mean", "clients_max",
+                 "examples_min", "examples_mean", "examples_max", "classes_mean", "kl_mean",
+                 "kl_max", "random_kl_mean", "random_kl_std", "gap_closed")
+
+
+def to_csv(rows: list[dict]) -> str:
+  """The study's table as CSV, one row per combination."""
+  import csv  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  out = io.StringIO()
+  w = csv.writer(out, lineterminator="\n")
+  w.writerow(TABLE_COLUMNS)
+  for r in rows:
+    w.writerow(["" if r.get(c) is None else r.get(c) for c in TABLE_COLUMNS])
+  return out.getvalue()
+
+
+def to_markdown(rows: list[dict]) -> str:
+  """The study's table as Markdown, one row per combination."""
+  head = ("| rank | combination | S | clients/SC | examples/SC min/mean/max | classes/SC | "
+          "KL mean | KL max | random, same sizes | gap closed |")
+  lines = [head, "|" + " --- |" * 10]
+  for r in rows:
+    name = r["name"] + (" **(oracle)**" if r["oracle"] else "") + (
+        " (config)" if r["config_setting"] else "")
+    gap = "-" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%"
+    lines.append(
+        f"| {r['rank']} | {name} | {r['num_superclients']} | {r['clients_mean']:.1f} | "
+        f"{r['examples_min']}/{r['examples_mean']:.0f}/{r['examples_max']} | "
+        f"{r['classes_mean']:.2f} | {r['kl_mean']:.3f} | {r['kl_max']:.3f} | "
+        f"{r['random_kl_mean']:.3f} +- {r['random_kl_std']:.3f} | {gap} |")
+  return "\n".join(lines) + "\n"
+
+
+def _markdown_report(study: dict) -> str:
+  s = study
+  rand = next(r for r in s["combinations"] if r["name"] == "random")
+  out = [f"# Superclient formation study\n",
+         f"{s['dataset']}, K = {s['num_clients']} clients, alpha = {s['config']['data']['alpha']}, "
+         f"min_examples = {s['config']['fedseq']['min_examples']}, max_clients = "
+         f"{s['config']['fedseq']['max_clients']}, evaluator {s['config']['fedseq']['evaluator_model']}, "
+         f"lr {s['config']['client']['lr']}, pre-training epochs "
+         f"{', '.join(map(str, s['settings']['pretrain_epochs'])) or '-'}.\n",
+         "Sorted by the superclients' mean KL divergence from the uniform class distribution "
+         "(lower is better). *random, same sizes*: mean +- std of the mean KL of "
+         f"{s['settings']['random_repeats']} random groupings with this row's superclient sizes. "
+         "*gap closed*: (random - row) / (random - oracle), with random the random row's "
+         f"{rand['random_kl_mean']:.3f}. Oracle rows use the true class counts (a bound, not a "
+         "training option). (config): the setting of the config itself.\n",
+         to_markdown(s["combinations"])]
+  if s["estimates"]:
+    out.append("\n## Confidence vectors as estimates of the class distributions\n")
+    out.append("| pre-training epochs | mean KL(true \\|\\| estimate) | mean total variation | "
+               "top class right |\n| --- | --- | --- | --- |")
+    for e, v in sorted(s["estimates"].items(), key=lambda kv: int(kv[0])):
+      out.append(f"| {e} | {v['kl_mean']:.4f} | {v['tv_mean']:.4f} | "
+                 f"{100 * v['top_class_agreement']:.1f}% |")
+    out.append("")
+  if s["skipped"]:
+    out.append("\n## Skipped combinations\n")
+    out.extend(f"- {k['name']}: {k['reason']}" for k in s["skipped"])
+    out.append("")
+  out.append(f"\nOracle: {s['oracle_source']}.\n")
+  return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def _say(stream: TextIO | None, text: str) -> None:
+  if stream is not None:
+    print(f"study: {text}", file=stream, flush=True)
+
+
+def _check_workdir(workdir: str) -> None:
+  if not workdir:
+    raise UserError("--workdir is required")
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f"--workdir {workdir}: {existing} exists and is not a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"--workdir {workdir}: {existing} is not writable")
+
+
+def run_study(config, workdir: str, options: Options, stream: TextIO | None = sys.stdout) -> dict:
+  """Runs the study into `workdir`; returns what it did (pre-trained / loaded / cached / formed)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.core import engine  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.data.federated import Preprocess, make_fed_data  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.models import get_model  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.superclients import formation  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.training import experiment  # pylint: disable=import-outside-toplevel
+
+  start = time.time()
+  report = {"pretrained": [], "models_loaded": [], "representers_cached": [], "formed": [],
+            "reused": [], "timing_s": {}}
+  experiment.validate(config)
+  _check_workdir(workdir)
+  f = config.fedseq
+  epochs = options.pretrain_epochs or (int(f.pretrain_epochs),)
+  combos, skipped = plan(options, epochs)
+  informed = [c for c in combos if c.grouping != "random"]
+  needed_reps = sorted({c.representation for c in informed}, key=REPRESENTATIONS.index)
+  if "confidence" in needed_reps and config.data.exemplars_per_class < 1:
+    raise UserError("the confidence representation needs exemplars: set "
+                    "config.data.exemplars_per_class >= 1")
+  _pyplot()  # matplotlib missing: refused now, not after the pre-training
+  if options.models_from and not os.path.isdir(os.path.join(options.models_from, "models")):
+    raise UserError(f"--models_from {options.models_from}: no models/ directory there (was that "
+                    "study run with --save_models?)")
+
+  ds, clients, _, exemplars = experiment.load_federated(config)
+  sizes = np.array([len(c) for c in clients], np.int64)
+  grouping.check_feasible(sizes, f.max_clients, f.min_examples)
+  counts = np.stack([np.bincount(ds.train_labels[c], minlength=ds.num_classes) for c in clients])
+  model_fp, study_fp = _fingerprints(config, ds, clients, exemplars)
+
+  # Everything that could refuse is checked before anything is written.
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(config_path):
+    diff = _differences(study_fp, _read_json(config_path))
+    if diff:
+      raise UserError(f"{workdir} holds a study of other clients or settings ({'; '.join(diff)}); "
+                      "use another --workdir")
+  rep_paths = {e: os.path.join(workdir, "representers", f"e{e}.npz") for e in epochs}
+  cached: dict[int, dict] = {}
+  for e in epochs:
+    if os.path.exists(rep_paths[e]):
+      arrays, meta = _load_npz(rep_paths[e])
+      if meta.get("pretrain_epochs") == e:
+        cached[e] = arrays
+  missing = {e: [r for r in needed_reps if r not in cached.get(e, {})] for e in epochs}
+  model_paths = {}
+  for e in epochs:
+    if not missing[e]:
+      continue
+    for root in filter(None, (options.models_from, workdir)):
+      path = os.path.join(root, "models", f"e{e}.npz")
+      if os.path.exists(path):
+        model_paths[e] = path
+        break
+  for e, path in model_paths.items():
+    with np.load(path, allow_pickle=False) as z:
+      meta = json.loads(str(z["__meta__"]))
+    diff = _differences({**model_fp, "pretrain_epochs": e},
+                        {k: meta.get(k) for k in list(model_fp) + ["pretrain_epochs"]})
+    if diff:
+      raise UserError(f"the models in {path} were pre-trained on other clients or settings "
+                      f"({'; '.join(diff)}); pre-train them here (drop --models_from) or point "
+                      "--models_from at a study of these clients")
+
+  for sub in ("representers", "groupings", "heatmaps") + (("models",) if options.save_models else ()):
+    try:
+      os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+    except OSError as e:
+      raise UserError(f"cannot create {os.path.join(workdir, sub)}: {e.strerror or e}") from None
+  if not os.path.exists(config_path):
+    _write_json(config_path, study_fp)
+
+  # ---- client evaluation: pre-train (or load) once per epochs value, extract representers.
+  representers: dict[int, dict] = {}
+  if any(missing.values()):
+    preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
+    strategy = engine.resolve_strategy(config.engine.strategy)
+    model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl,
+                      compute_dtype=config.model.compute_dtype)
+    k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
+    init = model.init(k_init, ds.train_images[:1].astype(np.float32))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(init)
+    leaf_names = [jax.tree_util.keystr(p) for p, _ in paths]
+    data = make_fed_data(ds.train_images, ds.train_labels, clients)
+    ex_images, ex_labels = ds.test_images[exemplars], ds.test_labels[exemplars]
+    augment_key = (jax.random.fold_in(jax.random.key(config.seed), 2)
+                   if f.augment_exemplars and preprocess.augment else None)
+  for e in epochs:
+    reps = dict(cached.get(e, {}))  # every representation cached, kept in the cache file
+    if missing[e]:
+      t0 = time.time()
+      if e in model_paths:
+        arrays, meta = _load_npz(model_paths[e])
+        if meta.get("leaves") != leaf_names:
+          raise UserError(f"the models in {model_paths[e]} are not {f.evaluator_model} models")
+        models = jax.tree_util.tree_unflatten(
+            treedef, [jax.numpy.asarray(arrays[f"leaf{i}"]) for i in range(len(leaf_names))])
+        _say(stream, f"E={e}: loaded the pre-trained client models from {model_paths[e]} "
+                     "(no pre-training)")
+        report["models_loaded"].append(e)
+      else:
+        _say(stream, f"E={e}: pre-training {data.num_clients} clients for {e} epochs "
+                     f"({strategy})")
+        trainer = experiment.make_trainer(config, model, preprocess, e)
+
+        def progress(done, total, e=e, t0=t0):
+          _say(stream, f"E={e}: pre-trained {done}/{total} clients ({time.time() - t0:.0f} s)")
+
+        models = formation.pretrain(trainer, init, data, k_train, strategy=strategy,
+                                    chunk=f.pretrain_chunk, progress=progress)
+        report["pretrained"].append(e)
+        if options.save_models:
+          path = os.path.join(workdir, "models", f"e{e}.npz")
+          leaves = jax.tree_util.tree_leaves(models)
+          _save_npz(path, {f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)},
+                    {**model_fp, "pretrain_epochs": e, "leaves": leaf_names, "strategy": strategy})
+          _say(stream, f"E={e}: saved the client models to {path}")
+      for rep in missing[e]:
+        if rep == "confidence":
+          reps[rep] = formation.confidence_vectors(model.apply, preprocess, models, ex_images,
+                                                   ex_labels, ds.num_classes, augment_key)
+        else:
+          reps[rep] = grouping.pca_reduce(formation.classifier_representers(models, rep),
+                                          f.pca_variance)
+      del models
+      _save_npz(rep_paths[e], reps, {"pretrain_epochs": e})
+      report["timing_s"][f"client_evaluation_e{e}"] = round(time.time() - t0, 2)
+    elif e in cached and needed_reps:
+      _say(stream, f"E={e}: representers from {rep_paths[e]} (no pre-training)")
+      report["representers_cached"].append(e)
+    representers[e] = {r: reps[r] for r in needed_reps}
+
+  # ---- groupings.
+  t0 = time.time()
+  rows, infos = [], {}
+  num_classes = ds.num_classes
+
+  def group(reps, method, measure):
+    return [g.tolist() for g in grouping.group_clients(
+        reps, sizes, method=method, measure=measure or "kullback", max_clients=f.max_clients,
+        min_examples=f.min_examples, num_classes=num_classes,
+        rng=np.random.default_rng(config.seed + 1))]
+
+  def reps_of(c: Combination):
+    if c.grouping == "random":
+      return np.zeros((len(sizes), 0))
+    return representers[c.pretrain_epochs][c.representation]
+
+  formed: dict[str, list[list[int]]] = {}
+  for c in combos:
+    path = os.path.join(workdir, "groupings", f"{c.name}.json")
+    if os.path.exists(path):
+      formed[c.name] = [list(s["clients"]) for s in _read_json(path)["superclients"]]
+      report["reused"].append(c.name)
+      continue
+    try:
+      formed[c.name] = group(reps_of(c), c.grouping, c.measure)
+    except UserError as e:
+      skipped.append({"name": c.name, "reason": f"cannot be formed: {e}"})
+      continue
+    report["formed"].append(c.name)
+    _write_json(path, _grouping_info(c, formed[c.name], counts, reps_of(c), f))
+  combos = [c for c in combos if c.name in formed]
+
+  # Oracles: the true class distributions stand in for the representers.
+  truth = counts / counts.sum(1, keepdims=True)
+  kullback = group(truth, "greedy", "kullback")
+  candidates = [("greedy_mixture on the true class distributions",
+                 group(truth, "greedy_mixture", None)),
+                (f"{ORACLE_KULLBACK} refined by swaps on the true class counts",
+                 grouping.refine_by_swaps(kullback, counts, sizes, f.min_examples))]
+  best_real = min(combos, key=lambda c: (score_groups(formed[c.name], counts)["kl_mean"], c.name))
+  candidates.append((f"{best_real.name} refined by swaps on the true class counts",
+                     grouping.refine_by_swaps(formed[best_real.name], counts, sizes,
+                                              f.min_examples)))
+  scored = [(score_groups(g, counts)["kl_mean"], i) for i, (_, g) in enumerate(candidates)]
+  oracle_source, oracle_groups = candidates[min(scored)[1]]
+  oracles = [(Combination(ORACLE_KULLBACK, "greedy", "kullback", "true_distribution", None, True),
+              kullback),
+             (Combination(ORACLE, "oracle", None, "true_distribution", None, True),
+              oracle_groups)]
+  for c, g in oracles:
+    formed[c.name] = g
+    _write_json(os.path.join(workdir, "groupings", f"{c.name}.json"),
+                _grouping_info(c, g, counts, truth, f, source=(
+                    oracle_source if c.name == ORACLE else None)))
+  combos = combos + [c for c, _ in oracles]
+
+  # ---- scores, random baselines, table.
+  own = config_combination(config)
+  for c in combos:
+    groups = formed[c.name]
+    row = {"name": c.name, "grouping": c.grouping, "measure": c.measure,
+           "representation": c.representation, "pretrain_epochs": c.pretrain_epochs,
+           "oracle": c.oracle, "config_setting": c.name == own,
+           **score_groups(groups, counts)}
+    rmean, rstd = random_baseline([len(g) for g in groups], counts, options.random_repeats,
+                                  np.random.default_rng([config.seed, 2]))
+    row.update(random_kl_mean=rmean, random_kl_std=rstd, grouping_file=f"groupings/{c.name}.json",
+               superclients=_superclient_rows(groups, counts))
+    rows.append(row)
+  rows.sort(key=lambda r: (r["kl_mean"], not r["oracle"], r["name"]))
+  rand = next(r for r in rows if r["name"] == "random")
+  oracle_kl = next(r for r in rows if r["name"] == ORACLE)["kl_mean"]
+  span = rand["random_kl_mean"] - oracle_kl
+  for i, r in enumerate(rows, 1):
+    r["rank"] = i
+    r["gap_closed"] = (rand["random_kl_mean"] - r["kl_mean"]) / span if span > 1e-12 else None
+  best = next(r for r in rows if not r["oracle"])
+  estimates = {str(e): estimate_error(counts, representers[e]["confidence"])
+               for e in epochs if "confidence" in representers.get(e, {})}
+  study = {
+      "dataset": config.data.name, "num_clients": len(sizes), "num_classes": num_classes,
+      "settings": {"groupings": list(options.groupings), "measures": list(options.measures),
+                   "representations": list(options.representations),
+                   "pretrain_epochs": list(epochs) if informed else [],
+                   "random_repeats": options.random_repeats,
+                   "config_combination": own},
+      "config": json.loads(config.to_json()),
+      "fingerprint": study_fp,
+      "best": best["name"], "oracle": ORACLE, "oracle_source": oracle_source,
+      "estimates": estimates,
+      "skipped": skipped,
+      "combinations": [{k: v for k, v in r.items()} for r in rows],
+      "client_class_counts": counts.astype(int).tolist(),
+  }
+  report["timing_s"]["groupings"] = round(time.time() - t0, 2)
+  _write_json(os.path.join(workdir, STUDY_FILE), study)
+  table = [{k: v for k, v in r.items() if k != "superclients"} for r in rows]
+  _write_atomic(os.path.join(workdir, "study.md"), _markdown_report(study))
+  _write_atomic(os.path.join(workdir, "study.csv"), to_csv(table))
+
+  # ---- pictures.
+  t0 = time.time()
+  title = (f"{config.data.name}, K={len(sizes)}, alpha={config.data.alpha}, "
+           f"min_examples={f.min_examples}, max_clients={f.max_clients}")
+  plot_comparison(table, os.path.join(workdir, "comparison.png"), title)
+  plot_estimates(table, estimates, os.path.join(workdir, "estimate_error.png"), title)
+  if options.heatmaps:
+    from fedjax_seq import plot  # pylint: disable=import-outside-toplevel
+    for r in rows:
+      path = os.path.join(workdir, "heatmaps", f"{r['name']}.png")
+      if r["oracle"] or r["name"] in report["formed"] or not os.path.exists(path):
+        plot.plot_superclients({"superclients": r["superclients"]}, path, r["name"])
+  report["timing_s"]["pictures"] = round(time.time() - t0, 2)
+  report["timing_s"]["total"] = round(time.time() - start, 2)
+  _write_json(os.path.join(workdir, TIMING_FILE), report)
+
+  if stream is not None:
+    shown = [r for r in table if r["rank"] <= 10 or r["name"] in ("random", ORACLE)]
+    print(to_markdown(shown), file=stream, end="", flush=True)
+  _say(stream, f"skipped {len(skipped)} incompatible combinations (listed in study.md)"
+       if skipped else "no combination skipped")
+  _say(stream, f"best non-oracle combination: {best['name']}: mean KL {best['kl_mean']:.3f} "
+               f"(random {rand['random_kl_mean']:.3f} +- {rand['random_kl_std']:.3f}, oracle "
+               f"{oracle_kl:.3f}); {len(rows)} combinations in {time.time() - start:.0f} s")
+  _say(stream, f"its grouping: {os.path.join(workdir, best['grouping_file'])}")
+  _say(stream, "train on it with --config.fedseq.superclients_from="
+               f"{os.path.join(workdir, best['grouping_file'])}")
+  report["best_grouping_file"] = os.path.join(workdir, best["grouping_file"])
+  return report
+
+
+def _superclient_rows(groups, counts) -> list[dict]:
+  out = []
+  for s, g in enumerate(groups):
+    c = counts[list(g)].sum(0)
+    out.append({"id": s, "clients": [int(x) for x in g], "num_examples": int(c.sum()),
+                "class_counts": c.astype(int).tolist(), "kl_from_uniform": kl_from_uniform(c)})
+  return out
+
+
+def _grouping_info(c: Combination, groups, counts, reps, f, source=None) -> dict:
+  """A superclients.json-format record of one combination (what training can read back)."""
+  settings = {"grouping": c.grouping, "measure": c.measure, "representation": c.representation,
+              "pretrain_epochs": c.pretrain_epochs, "max_clients": f.max_clients,
+              "min_examples": f.min_examples, "study_combination": c.name, "oracle": c.oracle}
+  if source:
+    settings["oracle_source"] = source
+  return summary([np.asarray(g, np.int64) for g in groups], counts, reps, **settings)
+
+
+def cli(config, workdir: str, stream: TextIO | None = sys.stdout, **flags) -> int:
+  """Runs the study from flag values; a UserError becomes one `error:` line and exit 1."""
+  try:
+    run_study(config, workdir, parse_options(**flags), stream)
+  except UserError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _main() -> None:
+  import logging  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+  FLAGS = flags.FLAGS
+  config_flags.DEFINE_config_file("config", None, "Config file (as main.py's).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for the study's tables, pictures and groupings.")
+  flags.DEFINE_string("groupings", ",".join(GROUPINGS), "Comma-separated groupings.")
+  flags.DEFINE_string("measures", ",".join(MEASURES), "Comma-separated greedy measures.")
+  flags.DEFINE_string("representations", ",".join(REPRESENTATIONS),
+                      "Comma-separated client representations.")
+  flags.DEFINE_string("pretrain_epochs", None,
+                      "Comma-separated pre-training epochs (default: config.fedseq.pretrain_epochs).")
+  flags.DEFINE_bool("save_models", False, "Save the pre-trained client models in WORKDIR/models.")
+  flags.DEFINE_string("models_from", "", "A study directory whose saved models to reuse.")
+  flags.DEFINE_integer("random_repeats", 20, "Random groupings per row's random baseline.")
+  flags.DEFINE_bool("heatmaps", True, "Draw one composition heatmap per combination.")
+
+  def fail(message: str):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+  def parse(argv):
+    try:
+      return FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+      fail(f"invalid flags: {e}")
+
+  def main(argv):
+    if len(argv) > 1:
+      fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    if FLAGS.config is None or not FLAGS.workdir:
+      fail("--config and --workdir are required")
+    try:
+      config = FLAGS.config
+      config.seed  # config_flags defers a config file's load error to first use
+    except Exception as e:  # pylint: disable=broad-except  # the config file's own error
+      fail("cannot load --config: " + str(e).replace(
+          "Configuration is not available because of an earlier failure to load:", "").strip())
+    sys.exit(cli(config, FLAGS.workdir, groupings=FLAGS.groupings, measures=FLAGS.measures,
+                 representations=FLAGS.representations, pretrain_epochs=FLAGS.pretrain_epochs,
+                 save_models=FLAGS.save_models, models_from=FLAGS.models_from,
+                 random_repeats=FLAGS.random_repeats, heatmaps=FLAGS.heatmaps))
+
+  app.run(main, flags_parser=parse)
+
+
+if __name__ == "__main__":
+  _main()
