@@ -39,11 +39,12 @@ epochs value) and the others with --models_from=ITS_WORKDIR, e.g.
       --models_from=runs/study/cifar10_800_11_alpha0.2 \
       --workdir=runs/study/cifar10_400_7_alpha0.2
 
-With the sweep tool (once it runs the study module), the same grid as a
-sweep over both swept dimensions, one workdir (one study) per point:
+With the sweep tool (`--program=study` runs the study module per point;
+a point is finished once its study.json exists), the same grid as a sweep,
+one workdir (one study) per point:
 
-  python -m fedjax_seq.sweep --config=configs/study.py:cifar10,800,11 \
-      --sweep=config.data.alpha=0,0.2,0.5 --sweep=config.fedseq.pretrain_epochs=10,20 \
+  python -m fedjax_seq.sweep --program=study --config=configs/study.py:cifar10,800,11 \
+      --sweep=config.data.alpha=0,0.2,0.5 --study_flags="--pretrain_epochs=10,20" \
       --workdir=runs/study/cifar10_800_11
 
 Each study writes study.md / study.csv (every grouping x measure x
