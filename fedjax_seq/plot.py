@@ -28,7 +28,7 @@ from fedjax_seq.errors import UserError
 INSTALL_HINT = 'pip install -e ".[plot]"'
 
 
-def _pyplot():
+def pyplot():
   """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
@@ -72,7 +72,7 @@ def group_labels(groups: Sequence[Sequence[dict]]) -> list[str]:
 def plot_accuracy(runs: Sequence[dict], out_path: str) -> None:
   """Test accuracy (%) against rounds: per group of seeds the mean curve with its
   95% confidence band (a single run is just its line), one legend entry each."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=150)
   groups = results.group_runs(runs)
   for group, label in zip(groups, group_labels(groups)):
@@ -99,7 +99,7 @@ def plot_accuracy(runs: Sequence[dict], out_path: str) -> None:
   ax.grid(True, alpha=0.4)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(loc="lower right", fontsize="small")
-  _save(plt, fig, out_path)
+  save_figure(plt, fig, out_path)
 
 
 # Heatmap geometry in inches: a cell per (superclient, class) plus room for the
@@ -119,7 +119,7 @@ def heatmap_size(num_superclients: int, num_classes: int) -> tuple[float, float]
 def plot_superclients(info: dict, out_path: str, name: str = "") -> None:
   """Heatmap of each superclient's share of examples per class (rows sum to 1),
   sized to its content, with a colour bar of fixed narrow width."""
-  plt = _pyplot()
+  plt = pyplot()
   from mpl_toolkits.axes_grid1 import make_axes_locatable  # pylint: disable=import-outside-toplevel
   counts = [sc["class_counts"] for sc in info["superclients"]]
   fractions = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in counts]
@@ -140,10 +140,11 @@ def plot_superclients(info: dict, out_path: str, name: str = "") -> None:
   clients = sum(len(sc.get("clients", [])) for sc in info["superclients"])
   ax.set_title(f"Superclient class composition{f' ({name})' if name else ''}\n"
                f"{num_sc} superclients, {clients} clients", fontsize="small")
-  _save(plt, fig, out_path)
+  save_figure(plt, fig, out_path)
 
 
-def _save(plt, fig, out_path: str) -> None:
+def save_figure(plt, fig, out_path: str) -> None:
+  """Lays out, writes and closes a figure; an unwritable path is a UserError."""
   try:
     fig.tight_layout()
     fig.savefig(out_path)
@@ -214,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if len(set(absolute)) != len(absolute):
       raise UserError("--out, --heatmap_out, --table and --metrics_csv must name different files")
     if images:
-      plt = _pyplot()
+      plt = pyplot()
       supported = list(plt.figure().canvas.get_supported_filetypes())
       plt.close("all")
       for path, flag in images:

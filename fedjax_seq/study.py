@@ -71,6 +71,7 @@ from typing import Any, Sequence, TextIO
 
 import numpy as np
 
+from fedjax_seq import plot
 from fedjax_seq.errors import UserError
 from fedjax_seq.superclients import grouping
 from fedjax_seq.superclients.formation import REPRESENTATIONS, kl_from_uniform, summary
@@ -298,18 +299,6 @@ def _fingerprints(config, ds, clients, exemplars) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- pictures
 
 
-def _pyplot():
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise UserError('the study draws pictures with matplotlib, which is not installed; run: '
-                    'pip install -e ".[plot]" (or pass --noheatmaps and ignore the figures)'
-                    ) from None
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
 _COLOURS = {"random": "tab:gray", "greedy": "tab:blue", "kmeans": "tab:orange",
             "greedy_mixture": "tab:green"}
 _LINE_STYLES = {"greedy-kullback": ("tab:blue", "o"), "greedy-gini": ("tab:cyan", "v"),
@@ -319,7 +308,7 @@ _LINE_STYLES = {"greedy-kullback": ("tab:blue", "o"), "greedy-gini": ("tab:cyan"
 
 def plot_comparison(rows: list[dict], out_path: str, title: str) -> None:
   """Mean KL from uniform per combination (best on top), random band, oracle line."""
-  plt = _pyplot()
+  plt = plot.pyplot()
   fig, ax = plt.subplots(figsize=(7, 1.3 + 0.15 * len(rows)), dpi=100)
   y = np.arange(len(rows))[::-1]
   colours = ["black" if r["oracle"] else _COLOURS.get(r["grouping"], "tab:purple") for r in rows]
@@ -340,12 +329,12 @@ def plot_comparison(rows: list[dict], out_path: str, title: str) -> None:
   ax.legend(handles + extra, list(_COLOURS) + ["oracle (true labels)"] + extra_labels,
             fontsize=6, loc="upper right", framealpha=0.9)
   ax.grid(True, axis="x", alpha=0.3)
-  _save(plt, fig, out_path)
+  plot.save_figure(plt, fig, out_path)
 
 
 def plot_estimates(rows: list[dict], estimates: dict, out_path: str, title: str) -> None:
   """Confidence-vector error and superclient KL against pre-training epochs."""
-  plt = _pyplot()
+  plt = plot.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
   if estimates:
     es = sorted(int(e) for e in estimates)
@@ -381,17 +370,7 @@ def plot_estimates(rows: list[dict], estimates: dict, out_path: str, title: str)
   right.legend(fontsize=6, loc="best")
   right.grid(True, alpha=0.3)
   fig.suptitle(title, fontsize="small")
-  _save(plt, fig, out_path)
-
-
-def _save(plt, fig, out_path: str) -> None:
-  try:
-    fig.tight_layout()
-    fig.savefig(out_path)
-  except OSError as e:
-    raise UserError(f"cannot write {out_path}: {e.strerror or e}") from None
-  finally:
-    plt.close(fig)
+  plot.save_figure(plt, fig, out_path)
 
 
 # --------------------------------------------------------------------------- tables
@@ -514,7 +493,7 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   if "confidence" in needed_reps and config.data.exemplars_per_class < 1:
     raise UserError("the confidence representation needs exemplars: set "
                     "config.data.exemplars_per_class >= 1")
-  _pyplot()  # matplotlib missing: refused now, not after the pre-training
+  plot.pyplot()  # matplotlib missing: refused now, not after the pre-training
   if options.models_from and not os.path.isdir(os.path.join(options.models_from, "models")):
     raise UserError(f"--models_from {options.models_from}: no models/ directory there (was that "
                     "study run with --save_models?)")
@@ -734,7 +713,6 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   plot_comparison(table, os.path.join(workdir, "comparison.png"), title)
   plot_estimates(table, estimates, os.path.join(workdir, "estimate_error.png"), title)
   if options.heatmaps:
-    from fedjax_seq import plot  # pylint: disable=import-outside-toplevel
     for r in rows:
       path = os.path.join(workdir, "heatmaps", f"{r['name']}.png")
       if r["oracle"] or r["name"] in report["formed"] or not os.path.exists(path):
