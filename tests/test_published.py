@@ -195,9 +195,10 @@ def test_inter_original_differs_from_paper_only_before_the_first_reset():
   tr = ref.trainer(lr=LR, momentum=MOMENTUM, weight_decay=WD, epochs=EPOCHS, batch_size=BATCH)
   a, b = (fedseq_inter(tr, sc, K, 0.67, period=1, variant=v) for v in ("paper", "original"))
   sa, sb = a.init(ref.init_params()), b.init(ref.init_params())
+  round_a, round_b = make_round(a, "loop"), make_round(b, "loop")
   for r in range(2):
-    sa, _ = make_round(a, "vmap")(sa, data, keys[r])
-    sb, _ = make_round(b, "vmap")(sb, data, keys[r])
+    sa, _ = round_a(sa, data, keys[r])
+    sb, _ = round_b(sb, data, keys[r])
   for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
