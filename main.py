@@ -3,60 +3,172 @@
 Flags live here only; everything else is in fedjax_seq.training.
 """
 
+import difflib
+import glob
+import importlib.util
 import logging
+import os
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 from fedjax_seq.errors import UserError
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for config.json, metrics and checkpoints.")
+flags.DEFINE_bool("show_config", False, "Print the resolved config (as JSON) and exit.")
 flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+HELP = """Runs one experiment (FedSeq or a baseline) in a workdir; rerun to resume.
+
+usage: python main.py --config=configs/NAME.py --workdir=DIR [--config.FIELD=VALUE ...]
+       python main.py --config=configs/NAME.py [--config.FIELD=VALUE ...] --show_config
+
+config files (configs/): {configs}
+  configs/paper.py takes a preset: --config=configs/paper.py:ALGORITHM,DATASET
+algorithms (--config.algorithm.name=): {algorithms}
+config fields: every field, its default and what it means is in fedjax_seq/api.py
+  (default_config; the README's "Config fields" table); --show_config prints a
+  config's resolved fields; override any with --config.FIELD=VALUE,
+  e.g. --config.client.lr=0.05 --config.data.alpha=0.2
+
+flags:
+{flags}"""
+
+
+def config_files() -> list[str]:
+  """The config files shipped in configs/, as --config values."""
+  return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                if not p.endswith("__init__.py"))
+
+
+def print_help() -> None:
+  """--help: usage, the config files, the algorithms, where the fields are, the flags."""
+  from fedjax_seq.training.experiment import ALGORITHMS
+  print(HELP.format(configs=" ".join(config_files()), algorithms=" ".join(ALGORITHMS),
+                    flags=FLAGS.module_help(sys.modules[__name__])))
+
+
+def _config_error(config_arg: str, error: Exception | None = None) -> str:
+  """Why --config=PATH[:PRESET] does not load, with the file the user probably meant."""
+  path = config_arg.split(":")[0]
+  if not os.path.isfile(path):
+    known = config_files()
+    guess = path + ".py" if os.path.isfile(path + ".py") else next(iter(
+        difflib.get_close_matches(os.path.relpath(os.path.abspath(path), ROOT), known, n=1)), None)
+    return (f"cannot load --config: {path} does not exist" +
+            (f"; did you mean {guess}?" if guess else f"; config files: {' '.join(known)}"))
+  message = str(error).replace("Configuration is not available because of an earlier failure "
+                               "to load:", "").strip()
+  return f"cannot load --config {path}: {message or type(error).__name__}"
+
+
+def _load_config(config_arg: str) -> ml_collections.ConfigDict:
+  """The config --config=PATH[:PRESET] names, loaded as config_flags does, without overrides."""
+  path, _, preset = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()
+
+
+def _unknown_field(config: ml_collections.ConfigDict, argv) -> str | None:
+  """The first --config.FIELD override that names no field, as a one-line message."""
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[2:].split("=", 1)[0].split(".")[1:]
+    node = config
+    for i, name in enumerate(path):
+      if isinstance(node, ml_collections.ConfigDict) and name in node.keys():
+        node = node[name]
+        continue
+      parent = "config." + "".join(p + "." for p in path[:i])
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f"{parent[:-1]} is a value, not a group of fields: {arg} names no field"
+      close = difflib.get_close_matches(name, list(node.keys()), n=1)
+      return (f"unknown config field {parent}{name}" +
+              (f"; did you mean {parent}{close[0]}?" if close else
+               f"; the fields of {parent[:-1]} are {', '.join(sorted(node.keys()))}"))
+  return None
+
+
+def _explain_bad_flags(argv) -> str | None:
+  """A one-line reason for a failed parse: a config file that does not load, or a bad field."""
+  config_arg = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if config_arg is None:
+    return None
+  try:
+    config = _load_config(config_arg)
+  except Exception as e:  # whatever the config file raises is the user's to fix
+    return _config_error(config_arg, e)
+  return _unknown_field(config, argv)
 
 
 def parse_flags(argv):
-  """absl parsing, with bad flags (e.g. a misspelt override) as one line."""
+  """absl parsing, with bad flags (e.g. a misspelt override) as one line; --help exits 0."""
+  if any(a in ("-h", "--help", "-help", "--helpshort", "-?") for a in argv[1:]):
+    print_help()
+    sys.exit(0)
   try:
     return FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    _fail(f"invalid flags: {e}")
+    _fail(_explain_bad_flags(argv) or f"invalid flags: {e}")
 
 
-def _fail(message: str):
+def _fail(message: str, code: int = 2):
   message = " ".join(message.replace("\\n", " ").replace("\\'", "").split())
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.config is None:
+    _fail("--config is required, e.g. --config=configs/fedseq.py (see --help)")
+  try:
+    config = FLAGS.config
+    config.seed  # config_flags defers a config file's load error to first use.
+  except OSError as e:
+    _fail(_config_error(FLAGS["config"].config_filename, e))
+  if FLAGS.show_config:
+    from fedjax_seq.training.experiment import validate
+    try:
+      validate(config)
+    except UserError as e:
+      _fail(str(e), 1)
+    print(config.to_json(indent=2, sort_keys=True))
+    return
+  if not FLAGS.workdir:
+    _fail("--workdir is required (or use --show_config to print the config)")
   # JAX and orbax log progress at INFO; the run prints its own.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   from fedjax_seq.core.sharding import initialize_distributed
-  from fedjax_seq.training.train import train_and_evaluate
+  from fedjax_seq.training.train import Interrupted, train_and_evaluate
   try:
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except UserError as e:
     _fail(str(e))
-  config = FLAGS.config
-  try:
-    config.seed  # config_flags defers a config file's load error to first use.
-  except OSError as e:
-    _fail(f"cannot load --config: {e}")
   try:
     train_and_evaluate(config, FLAGS.workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except Interrupted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(130)
+  except KeyboardInterrupt:  # outside the round loop (e.g. superclient formation)
+    print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

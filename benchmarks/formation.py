@@ -1,6 +1,6 @@
 """Times FedSeq's client evaluation (pre-training) per client, vectorized vs one at a time.
 
-Run (from the repository root):
+Run (from the repository root; `python benchmarks/formation.py` works too):
   python -m benchmarks.formation --config=configs/fedseq.py --config.data.name=synthetic \
       --clients=50 --strategies=vmap,loop
 
@@ -10,6 +10,12 @@ client update), after one compile, and prints one JSON line per strategy
 with seconds per client and the projection to all K clients.
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a path (python benchmarks/NAME.py): import from the checkout
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import json
 import time
 
@@ -18,6 +24,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from benchmarks.timing import quiet_logs
 from fedjax_seq.data.federated import Preprocess, make_fed_data
 from fedjax_seq.models import get_model
 from fedjax_seq.superclients import formation
@@ -32,6 +39,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
+  quiet_logs()
   config = FLAGS.config
   experiment_lib.validate(config)
   ds, clients, _, _ = experiment_lib.load_federated(config)

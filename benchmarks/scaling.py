@@ -1,6 +1,6 @@
 """Scaling sweep: clients per round x devices, one JSON line per point.
 
-Run (from the repository root):
+Run (from the repository root; `python benchmarks/scaling.py` works too):
   python -m benchmarks.scaling --config=configs/fedavg.py --config.data.name=synthetic \
       --config.model.name=mlp --clients_per_round=10,100,1000 --devices=1
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.scaling \
@@ -13,13 +13,19 @@ n x examples_per_client examples; devices > 1 shard the round over a mesh
 (vmap strategy).
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a path (python benchmarks/NAME.py): import from the checkout
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import json
 
 from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from benchmarks.timing import time_rounds
+from benchmarks.timing import quiet_logs, time_rounds
 from fedjax_seq.training import experiment as experiment_lib
 
 FLAGS = flags.FLAGS
@@ -33,6 +39,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
+  quiet_logs()
   for n in map(int, FLAGS.clients_per_round):
     for d in map(int, FLAGS.devices):
       c = FLAGS.config.copy_and_resolve_references()

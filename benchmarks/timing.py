@@ -1,7 +1,9 @@
 """Timing of steady-state rounds, shared by the benchmarks (defines no flags)."""
 
+import logging
 import time
 
+from absl import logging as absl_logging
 import jax
 
 from fedjax_seq.training import experiment as experiment_lib
@@ -21,3 +23,9 @@ def time_rounds(round_fn, state, data, seed, rounds):
     times.append(time.perf_counter() - t)
   steady = sorted(times)[len(times) // 2]
   return first - steady, steady
+
+
+def quiet_logs() -> None:
+  """Drops JAX's INFO lines (e.g. the TPU probe's "Unable to initialize backend 'tpu'")."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

@@ -1,7 +1,7 @@
 """FedDyn (alpha = 0.1, the paper's form) on CIFAR-10 with the paper's settings.
 
 Run: python main.py --config=configs/feddyn.py --workdir=runs/feddyn
-The original FedSeq code's client: --config.algorithm.dyn_variant=original
+The original FedSeq code's client: --config.algorithm.feddyn.variant=original
 """
 
 from configs import default
@@ -10,6 +10,4 @@ from configs import default
 def get_config():
   c = default.get_config()
   c.algorithm.name = "feddyn"
-  c.algorithm.dyn_alpha = 0.1
-  c.algorithm.dyn_variant = "paper"
   return c

@@ -4,11 +4,14 @@ Select a preset with the config-file argument, ALGORITHM,DATASET:
 
   python main.py --config=configs/paper.py:fedseq,cifar10 --workdir=runs/paper/fedseq_cifar10
 
-ALGORITHM is any experiment file in configs/ (fedavg fairavg fedprox scaffold
-feddyn fedseq fedseq_prox fedseq_dyn fedseq_inter fedseq_inter_prox
-fedseq_inter_dyn centralized), DATASET is cifar10 (10,000 rounds) or
+ALGORITHM is any registered algorithm (fedjax_seq/algorithms/registry.py:
+fedavg fairavg fedprox scaffold feddyn fedseq fedseq_prox fedseq_dyn
+fedseq_scaffold fedseq_inter fedseq_inter_prox fedseq_inter_dyn
+fedseq_inter_scaffold centralized), DATASET is cifar10 (10,000 rounds) or
 cifar100 (20,000 rounds); evaluation every 100 rounds. The algorithm's own
-file supplies its fields (e.g. FedSeqInter+Prox's mu = 1). The alpha
+file in configs/ supplies its fields where it has one; its section
+config.algorithm.ALGORITHM holds its paper values (e.g. FedSeqInter+Prox's
+mu = 1). The alpha
 dimension {0, 0.2, 0.5} and the seeds are swept with the sweep tool, one
 workdir per point:
 
@@ -48,12 +51,12 @@ and full test set for centralized). Optional further parts:
 import importlib
 import os
 
+from configs import default
+from fedjax_seq.algorithms import registry
 from fedjax_seq.errors import UserError
 
 ROUNDS = {"cifar10": 10000, "cifar100": 20000}
 EVAL_EVERY = 100
-# Files in configs/ that are not one algorithm's experiment.
-_NOT_ALGORITHMS = ("__init__", "default", "paper", "quickstart", "study")
 
 
 class PresetError(UserError, OSError):
@@ -67,10 +70,17 @@ class PresetError(UserError, OSError):
 
 
 def algorithms() -> list[str]:
-  """The algorithm names: the experiment files next to this one."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  names = (f[:-3] for f in os.listdir(here) if f.endswith(".py"))
-  return sorted(n for n in names if n not in _NOT_ALGORITHMS)
+  """The algorithm names, from the registry."""
+  return sorted(registry.ALGORITHMS)
+
+
+def algorithm_config(name: str):
+  """configs/NAME.py's config, or the default config with algorithm.name = NAME."""
+  if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")):
+    return importlib.import_module(f"configs.{name}").get_config()
+  c = default.get_config()
+  c.algorithm.name = name
+  return c
 
 
 # E_S ablation: sequential_rounds -> divisor of the dataset's rounds.
@@ -80,8 +90,8 @@ OPTIONS = ("described", *SEQUENTIAL)
 
 def published_code(c) -> None:
   """Sets every documented switch to the published code's behaviour (in place)."""
-  c.algorithm.dyn_variant = "original"
-  c.algorithm.centralized_variant = "original"
+  for name in ("feddyn", "fedseq_dyn", "fedseq_inter_dyn", "centralized"):
+    c.algorithm[name].variant = "original"
   c.fedseq.inter_variant = "original"
   c.fedseq.dropout_variant = "original"
   c.fedseq.augment_exemplars = True
@@ -104,12 +114,13 @@ def get_config(preset: str = ""):
     if option not in OPTIONS:
       raise PresetError(f"unknown option {option!r} in configs/paper.py:{preset}; {usage}")
   es = [o for o in options if o in SEQUENTIAL]
-  if len(es) > 1 or (es and not algorithm.startswith("fedseq")):
+  participants = registry.ALGORITHMS[algorithm].participants
+  if len(es) > 1 or (es and participants != "superclients"):
     raise PresetError(f"configs/paper.py:{preset}: the E_S options (es2, es4) are for the "
                       "FedSeq family only, one at a time")
-  c = importlib.import_module(f"configs.{algorithm}").get_config()
+  c = algorithm_config(algorithm)
   c.data.name = dataset
-  if c.algorithm.name != "centralized":
+  if participants != "pooled":  # centralized keeps its own length
     c.rounds = ROUNDS[dataset]
     c.eval_every = EVAL_EVERY
   if "described" not in options:

@@ -153,6 +153,7 @@ def alpha_label(config: dict) -> str:
 
 
 def target_column(target: float) -> str:
+  """The summary column name for a target accuracy, e.g. rounds_to_0.7."""
   return f"rounds_to_{target:g}"
 
 

@@ -13,11 +13,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import reference as ref  # noqa: E402
-from fedjax_seq.algorithms.fedavg import fedavg  # noqa: E402
-from fedjax_seq.algorithms.fedseq import LocalRule, fedseq, make_superclients  # noqa: E402
-from fedjax_seq.algorithms.scaffold import scaffold  # noqa: E402
+from fedjax_seq.algorithms import rules  # noqa: E402
+from fedjax_seq.algorithms.fedavg import fedavg, scaffold  # noqa: E402
+from fedjax_seq.algorithms.fedseq import fedseq, make_superclients  # noqa: E402
 from fedjax_seq.core.rounds import make_round  # noqa: E402
 from fedjax_seq.core.sharding import make_mesh  # noqa: E402
+from fedjax_seq.core.state import client_rows  # noqa: E402
 
 SIZES = [5, 3, 8, 2, 4, 6, 7, 1]  # K = 8 (divisible by 4)
 GROUPS = [np.array([2, 0, 5]), np.array([1, 4]), np.array([3, 6]), np.array([7])]
@@ -32,7 +33,7 @@ def main():
   algorithms = {
       "fedavg, 6 of 8 clients (6 % 4 != 0)": fedavg(tr, 8, 0.75),
       "scaffold, 4 of 8 clients": scaffold(tr, 8, 0.5),
-      "fedseq+dyn, 3 of 4 superclients": fedseq(tr, sc, 8, 0.75, rule=LocalRule("dyn", alpha=0.2)),
+      "fedseq+dyn, 3 of 4 superclients": fedseq(tr, sc, 8, 0.75, rule=rules.dyn(alpha=0.2)),
   }
   for name, alg in algorithms.items():
     single, sharded = make_round(alg, "vmap"), make_round(alg, "vmap", mesh)
@@ -42,7 +43,8 @@ def main():
       b, _ = sharded(b, data, jax.random.key(r))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-    rows = [getattr(b, f) for f in b._fields if f.startswith("client_")]
+    rows = client_rows(b)  # the declared per-client state
+    assert len(rows) == (0 if name.startswith("fedavg") else 1), name
     for leaf in jax.tree.leaves(rows):
       assert len(leaf.sharding.device_set) == 4, (name, leaf.sharding)
     print("equal:", name)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from configs import default
+from fedjax_seq.algorithms import registry
 from fedjax_seq.errors import UserError
 from fedjax_seq.training.train import train_and_evaluate
 
@@ -76,21 +77,23 @@ FEDSEQ_SMALL = ("--config.fedseq.evaluator_model=mlp", "--config.fedseq.pretrain
                 "--config.fedseq.min_examples=100", "--config.fedseq.max_clients=4")
 
 
-@pytest.mark.parametrize("config", [
-    "fedavg", "fairavg", "fedprox", "scaffold", "feddyn", "fedseq", "fedseq_prox", "fedseq_dyn",
-    "fedseq_inter", "fedseq_inter_prox", "fedseq_inter_dyn", "centralized"])
-def test_main_runs_and_writes_metrics(tmp_path, config):
+@pytest.mark.parametrize("config", list(registry.ALGORITHMS))  # every algorithm, each its file
+def test_main_runs_learns_and_writes_metrics(tmp_path, config):
   workdir = tmp_path / "run"
   extra = FEDSEQ_SMALL if config.startswith("fedseq") else ()
+  # IID clients, lr 0.1 and batches of 10 (4 local steps per client): every
+  # algorithm reaches 0.40-0.59 test accuracy by round 4 (measured), chance is 0.1.
   proc = run_main(f"--config=configs/{config}.py", f"--workdir={workdir}", *extra,
                   "--config.data.name=synthetic", "--config.model.name=mlp",
                   "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
-                  "--config.rounds=4", "--config.eval_every=2")
+                  "--config.data.iid=True", "--config.client.lr=0.1",
+                  "--config.client.batch_size=10", "--config.rounds=4", "--config.eval_every=2")
   assert proc.returncode == 0, proc.stderr
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in records] == [2, 4]
-  for r in records:
-    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["elapsed_s"] > 0
+  assert records[-1]["test_accuracy"] >= 0.3, records  # three times chance
+  assert records[-1]["test_loss"] < records[0]["test_loss"], records
+  assert all(r["elapsed_s"] > 0 and r["s_per_round"] > 0 for r in records)
   written = json.loads((workdir / "config.json").read_text())
   assert written["rounds"] == 4 and written["data"]["name"] == "synthetic"
   assert written["algorithm"]["name"] == config
@@ -115,19 +118,21 @@ def test_misspelt_override_is_refused(tmp_path):
   proc = run_main("--config=configs/fedavg.py", f"--workdir={tmp_path / 'run'}",
                   "--config.client.lrr=0.1")
   assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr and "lrr" in proc.stderr
+  assert proc.stderr.strip() == ("error: unknown config field config.client.lrr; did you mean "
+                                 "config.client.lr?")
   assert not (tmp_path / "run").exists()
 
 
 def test_divergence_stops_with_the_round_and_no_nan_metrics(tmp_path):
   workdir = tmp_path / "run"
   c = small_config(**{"client.lr": 1e20, "rounds": 6, "eval_every": 1})
-  with pytest.raises(UserError, match=r"training diverged at round \d+ .*lower config.client.lr"):
+  with pytest.raises(UserError, match=r"training diverged at round \d+ .*lower config.client.lr") as e:
     train_and_evaluate(c, str(workdir))
-  lines = (workdir / "metrics.jsonl").read_text().splitlines() if (
-      workdir / "metrics.jsonl").exists() else []
-  for line in lines:
-    record = json.loads(line)
+  bad_round = int(str(e.value).split("round ")[1].split()[0])
+  # metrics.jsonl is written at the start: it must exist, with only good rounds in it.
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in records] == list(range(1, bad_round))
+  for record in records:
     assert all(v == v for v in record.values())  # no NaN
 
 

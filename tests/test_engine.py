@@ -9,6 +9,20 @@ import reference as ref
 from fedjax_seq.data.federated import client_schedule, make_fed_data, random_crop_flip
 
 
+def assert_leaves_match(tree, expected, rtol=1e-5, atol=1e-6):
+  """Every leaf of a reference-model pytree (params or per-client state) against (w, b).
+
+  The reference model has exactly one layer, so (kernel, bias) is every
+  leaf; a tree with any other leaf fails rather than going unchecked.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  names = sorted(jax.tree_util.keystr(path) for path, _ in leaves)
+  assert names == ["['params']['fc1']['bias']", "['params']['fc1']['kernel']"], names
+  got = ref.to_np(tree)
+  np.testing.assert_allclose(got[0], expected[0], rtol=rtol, atol=atol)
+  np.testing.assert_allclose(got[1], expected[1], rtol=rtol, atol=atol)
+
+
 def test_schedule_is_a_shuffled_dataloader():
   row = jnp.array([10, 11, 12, 13, 14, 0, 0, 0])  # size 5 padded to 8
   idx, mask = client_schedule(jax.random.key(0), row, jnp.int32(5), epochs=2, batch_size=2)
@@ -40,11 +54,9 @@ def test_local_sgd_matches_numpy_reference(momentum, weight_decay):
   res = jax.jit(train.train)(params, data, jnp.int32(0), key)
   w, b = ref.local_sgd(*ref.to_np(params), images, labels,
                        ref.batches(data, 0, key, 2, 3), 0.5, momentum, weight_decay)
-  gw, gb = ref.to_np(res.params)
-  np.testing.assert_allclose(gw, w, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(gb, b, rtol=1e-5, atol=1e-6)
+  assert_leaves_match(res.params, (w, b))
   assert int(res.num_steps) == 2 * 3  # ceil(7/3) = 3 steps per epoch
-  assert np.abs(gw - ref.to_np(params)[0]).max() > 1e-2  # it did train
+  assert np.abs(ref.to_np(res.params)[0] - ref.to_np(params)[0]).max() > 1e-2  # it did train
 
 
 def test_padded_steps_are_exact_no_ops():
@@ -71,7 +83,7 @@ def test_padded_examples_contribute_nothing():
   params = ref.init_params()
   res = ref.trainer(lr=1.0, batch_size=4).train(params, data, jnp.int32(0), jax.random.key(0))
   w, b = ref.local_sgd(*ref.to_np(params), images, labels, [np.array([0])], 1.0)
-  np.testing.assert_allclose(ref.to_np(res.params)[0], w, rtol=1e-5, atol=1e-6)
+  assert_leaves_match(res.params, (w, b))
 
 
 def test_unrolled_equals_rolled():
@@ -84,15 +96,47 @@ def test_unrolled_equals_rolled():
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
-def test_random_crop_flip_is_a_shifted_window():
-  x = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1.0
-  y = np.asarray(random_crop_flip(x, jax.random.key(0), pad=2))
-  assert y.shape == x.shape
-  for i in range(2):
-    padded = np.pad(np.asarray(x[i]), ((2, 2), (2, 2), (0, 0)))
-    windows = [padded[a:a + 6, c:c + 6] for a in range(5) for c in range(5)]
-    windows += [w[:, ::-1] for w in windows]
-    assert any(np.array_equal(y[i], w) for w in windows)
+def crop_flip_draws(keys: int, batch: int, h: int = 6, pad: int = 4) -> np.ndarray:
+  """(keys, batch, 3) = (row offset, column offset, flipped) of every augmented image.
+
+  Each output must be exactly one of the 2 * (2 * pad + 1)^2 windows of its
+  zero-padded image (pixel values are distinct and nonzero, so windows differ).
+  """
+  image = np.arange(1, h * h + 1, dtype=np.float32).reshape(h, h, 1)
+  x = jnp.broadcast_to(jnp.asarray(image), (batch, h, h, 1))
+  out = np.asarray(jax.vmap(lambda k: random_crop_flip(x, k, pad=pad))(
+      jax.random.split(jax.random.key(0), keys)))
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  n = 2 * pad + 1
+  labels = [(a, c, f) for f in (0, 1) for a in range(n) for c in range(n)]
+  windows = np.stack([padded[a:a + h, c:c + h][:, ::-1] if f else padded[a:a + h, c:c + h]
+                      for a, c, f in labels])
+  match = (out.reshape(keys * batch, 1, -1) == windows.reshape(1, len(labels), -1)).all(-1)
+  assert (match.sum(1) == 1).all(), "an output is not a padded crop (+ flip) of its image"
+  return np.asarray(labels)[match.argmax(1)].reshape(keys, batch, 3)
+
+
+def test_random_crop_flip_draws_every_window_uniformly_and_independently():
+  """torchvision's RandomCrop(padding=4) + RandomHorizontalFlip, over 64 keys x 64 images.
+
+  All 81 offsets occur, each about 1/81 of the time, and flips about half
+  the time; images of one batch get independent draws. Margins are about 5
+  standard deviations of the counts (the keys are fixed, so the test is
+  deterministic; a broken augmentation misses them by far).
+  """
+  draws = crop_flip_draws(keys=64, batch=64)
+  n = draws.shape[0] * draws.shape[1]                    # 4096 images
+  offsets = draws[..., 0] * 9 + draws[..., 1]
+  counts = np.bincount(offsets.ravel(), minlength=81)
+  assert (counts > 0).all()                               # identity or a fixed offset fail here
+  assert np.abs(counts - n / 81).max() < 5 * np.sqrt(n / 81)       # 50.6 +- 35
+  assert abs(draws[..., 2].mean() - 0.5) < 0.04           # sd of the rate: 0.0078
+  # Within a batch: neighbours share an offset about 1/81 of the time, a flip about half
+  # (all of the time if one draw were broadcast over the batch).
+  same_offset = (offsets[:, 1:] == offsets[:, :-1]).mean()
+  same_flip = (draws[:, 1:, 2] == draws[:, :-1, 2]).mean()
+  assert same_offset < 1 / 81 + 0.01 and abs(same_flip - 0.5) < 0.04
+  assert min(len(set(row)) for row in offsets.tolist()) > 30  # ~44 distinct offsets of 64
 
 
 def test_step_cap_truncates_only_larger_clients():
@@ -102,9 +146,9 @@ def test_step_cap_truncates_only_larger_clients():
   capped = jax.jit(ref.trainer(epochs=2, batch_size=3, max_steps=2).train)
   a, b = full(params, data, jnp.int32(0), key), capped(params, data, jnp.int32(0), key)
   assert int(a.num_steps) == 6 and int(b.num_steps) == 2
-  w, bias = ref.local_sgd(*ref.to_np(params), images, labels,
-                          ref.batches(data, 0, key, 2, 3)[:2], 0.1)
-  np.testing.assert_allclose(ref.to_np(b.params)[0], w, rtol=1e-5, atol=1e-6)
+  expected = ref.local_sgd(*ref.to_np(params), images, labels,
+                           ref.batches(data, 0, key, 2, 3)[:2], 0.1)
+  assert_leaves_match(b.params, expected)
   # A client with at most 2 steps is unchanged, bit for bit.
   a, b = full(params, data, jnp.int32(1), key), capped(params, data, jnp.int32(1), key)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):

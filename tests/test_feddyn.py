@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from fedjax_seq.algorithms.feddyn import feddyn
+from test_engine import assert_leaves_match
+from fedjax_seq.algorithms.fedavg import feddyn
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 
 SIZES = [5, 3, 8, 2]
@@ -58,13 +59,10 @@ def test_rounds_match_numpy_reference(variant, num_rounds):
   for key in keys:
     state, _ = round_fn(state, data, key)
   (w, b), h, gs = numpy_rounds(images, labels, data, keys, variant)
-  np.testing.assert_allclose(ref.to_np(state.params)[0], w, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ref.to_np(state.params)[1], b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ref.to_np(state.h)[0], h[0], rtol=1e-5, atol=1e-7)
+  assert_leaves_match(state.params, (w, b))
+  assert_leaves_match(state.server, h, atol=1e-7)  # FedDyn's h
   for i in range(K):
-    row = ref.to_np(jax.tree.map(lambda x: x[i], state.client_grads))
-    np.testing.assert_allclose(row[0], gs[i][0], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(row[1], gs[i][1], rtol=1e-5, atol=1e-7)
+    assert_leaves_match(jax.tree.map(lambda x: x[i], state.clients.rows), gs[i], atol=1e-7)
   assert np.abs(h[0]).max() > 1e-4
 
 
@@ -84,6 +82,6 @@ def test_variants_differ_and_unselected_state_is_untouched():
   ids = set()
   for r in range(2):
     ids |= set(np.asarray(sample_ids(round_keys(jax.random.key(r))[0], K, 2)).tolist())
-  g = np.asarray(states["paper"].client_grads["params"]["fc1"]["kernel"])
+  g = np.asarray(states["paper"].clients.rows["params"]["fc1"]["kernel"])  # g_i
   for i in range(K):
     assert (np.abs(g[i]).max() > 0) == (i in ids)

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import reference as ref
-from fedjax_seq.algorithms.feddyn import feddyn
-from fedjax_seq.algorithms.fedseq import LocalRule, fedseq, make_superclients
+from fedjax_seq.algorithms import rules
+from fedjax_seq.algorithms.fedavg import feddyn, scaffold
+from fedjax_seq.algorithms.fedseq import fedseq, make_superclients
 from fedjax_seq.algorithms.fedseq_inter import fedseq_inter
-from fedjax_seq.algorithms.scaffold import scaffold
 from fedjax_seq.core.rounds import make_round, with_host_client_state
+from fedjax_seq.core.state import client_rows
 
 SIZES = [5, 3, 8, 2, 4, 6]
 GROUPS = [np.array([2, 0, 5]), np.array([1, 4]), np.array([3])]
@@ -18,7 +19,7 @@ GROUPS = [np.array([2, 0, 5]), np.array([1, 4]), np.array([3])]
 def algorithms():
   tr = ref.trainer(lr=0.4, epochs=2, batch_size=3)
   sc = make_superclients(GROUPS, np.array(SIZES))
-  dyn = LocalRule("dyn", alpha=0.2)
+  dyn = rules.dyn(alpha=0.2)
   return {"scaffold": scaffold(tr, 6, 0.5), "feddyn": feddyn(tr, 6, 0.5, alpha=0.2),
           "fedseq_dyn": fedseq(tr, sc, 6, 0.67, rule=dyn),
           "fedseq_inter_dyn": fedseq_inter(tr, sc, 6, 0.67, rule=dyn, period=2)}
@@ -35,8 +36,8 @@ def test_host_resident_client_state_equals_device_resident(name, strategy):
   for r in range(3):
     a, _ = on_device(a, data, jax.random.key(r))
     b, _ = on_host(b, data, jax.random.key(r))
-  field = [f for f in b._fields if f.startswith("client_")][0]
-  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(getattr(b, field)))
-  assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(getattr(b, field)))
+  (table,) = client_rows(b)  # the declared per-client state
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(table))
+  assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(table))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)

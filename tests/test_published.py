@@ -16,9 +16,9 @@ import pytest
 import reference as ref
 from configs import default, paper
 from fedjax_seq.algorithms.centralized import centralized, cosine_factor
-from fedjax_seq.algorithms.fedavg import fedavg
-from fedjax_seq.algorithms.fedprox import fedprox
-from fedjax_seq.algorithms.fedseq import LocalRule, make_superclients, pass_order
+from fedjax_seq.algorithms import rules
+from fedjax_seq.algorithms.fedavg import fedavg, fedprox
+from fedjax_seq.algorithms.fedseq import make_superclients, pass_order
 from fedjax_seq.algorithms.fedseq_inter import fedseq_inter
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 from fedjax_seq.errors import UserError
@@ -108,7 +108,11 @@ def test_prox_term_stays_in_the_momentum_buffer():
 # --- FedSeqInter: the published code's shared bank --------------------------------
 
 def reference_inter(data, images, labels, rule, rounds, keys, period, variant):
-  """FedSeqInter in float64, written as the original runs it (shuffle off)."""
+  """FedSeqInter in float64, written as the original runs it (shuffle off).
+
+  `rule` is (name, hyperparameters) of a rule in RULES.
+  """
+  kind, hp = rule
   init = ref.to_np(ref.init_params())
   server, bank = init, [init, init]
   weights, h = np.zeros(2), (np.zeros_like(init[0]), np.zeros_like(init[1]))
@@ -117,16 +121,16 @@ def reference_inter(data, images, labels, rule, rounds, keys, period, variant):
   def member(model, cid, key):
     batch_list = ref.batches(data, cid, key, EPOCHS, BATCH)
     w0, b0 = model
-    if rule.name == "plain":
+    if kind == "plain":
       return ref.local_sgd(w0, b0, images, labels, batch_list, LR, MOMENTUM, WD)
-    if rule.name == "prox":
+    if kind == "prox":
       return ref.local_sgd(w0, b0, images, labels, batch_list, LR, MOMENTUM, WD,
-                           correction=lambda w, b: (rule.mu * (w - w0), rule.mu * (b - b0)))
+                           correction=lambda w, b: (hp["mu"] * (w - w0), hp["mu"] * (b - b0)))
     gw, gb = g[cid]  # FedDyn, the paper's client: both terms differentiated
     w, b = ref.local_sgd(w0, b0, images, labels, batch_list, LR, MOMENTUM, WD,
-                         grad_term=lambda w, b: (rule.alpha * (w - w0) - gw,
-                                                 rule.alpha * (b - b0) - gb))
-    g[cid] = (gw - rule.alpha * (w - w0), gb - rule.alpha * (b - b0))
+                         grad_term=lambda w, b: (hp["alpha"] * (w - w0) - gw,
+                                                 hp["alpha"] * (b - b0) - gb))
+    g[cid] = (gw - hp["alpha"] * (w - w0), gb - hp["alpha"] * (b - b0))
     return w, b
 
   def superclient(model, s, k_train):
@@ -148,8 +152,8 @@ def reference_inter(data, images, labels, rule, rounds, keys, period, variant):
       outs = [superclient(bank[k], s, k_train) for k, s in enumerate(chosen)]
     weights = weights + [sum(SIZES[c] for c in GROUPS[s]) for s in chosen]
     bank = outs
-    if rule.name == "dyn":
-      n, a = len(outs), rule.alpha
+    if kind == "dyn":
+      n, a = len(outs), hp["alpha"]
       total = [sum(o[i] for o in outs) for i in range(2)]
       h = tuple(h[i] - a / K * (total[i] - n * server[i]) for i in range(2))
       server = tuple(total[i] / n - h[i] / a for i in range(2))
@@ -159,17 +163,23 @@ def reference_inter(data, images, labels, rule, rounds, keys, period, variant):
   return server, bank, g
 
 
-RULES = [LocalRule("plain"), LocalRule("prox", mu=0.5), LocalRule("dyn", alpha=0.3)]
+RULES = [("plain", {}), ("prox", {"mu": 0.5}), ("dyn", {"alpha": 0.3})]
+
+
+def make_rule(rule) -> rules.ClientRule:
+  """The library's rule for (name, hyperparameters)."""
+  kind, hp = rule
+  return getattr(rules, kind)(**hp)
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r[0])
 def test_inter_original_shares_one_model_until_the_first_reset(rule, strategy):
   """Rounds 1-2 chain both sampled superclients on one model; round 3 resets."""
   images, labels, data = ref.tiny_data(SIZES)
   sc = make_superclients(GROUPS, np.array(SIZES))
   tr = ref.trainer(lr=LR, momentum=MOMENTUM, weight_decay=WD, epochs=EPOCHS, batch_size=BATCH)
-  alg = fedseq_inter(tr, sc, K, 0.67, rule=rule, shuffle=False, variant="original")
+  alg = fedseq_inter(tr, sc, K, 0.67, rule=make_rule(rule), shuffle=False, variant="original")
   round_fn = make_round(alg, strategy)
   keys = [jax.random.key(40 + r) for r in range(4)]
   state = alg.init(ref.init_params())
@@ -179,9 +189,9 @@ def test_inter_original_shares_one_model_until_the_first_reset(rule, strategy):
     close(state.params, *server)
     for k in range(2):
       close(jax.tree.map(lambda x: x[k], state.bank), *bank[k])
-  if rule.name == "dyn":
+  if rule[0] == "dyn":
     for c in range(K):
-      close(jax.tree.map(lambda x: x[c], state.client_rows), *g[c])
+      close(jax.tree.map(lambda x: x[c], state.clients.rows), *g[c])
 
 
 def test_inter_original_differs_from_paper_only_before_the_first_reset():
@@ -208,7 +218,7 @@ def test_inter_original_resumes_exactly(tmp_path):
   _, _, data = ref.tiny_data(SIZES)
   sc = make_superclients(GROUPS, np.array(SIZES))
   tr = ref.trainer(lr=LR, momentum=MOMENTUM, weight_decay=WD, epochs=EPOCHS, batch_size=BATCH)
-  alg = fedseq_inter(tr, sc, K, 0.67, rule=RULES[2], variant="original")
+  alg = fedseq_inter(tr, sc, K, 0.67, rule=make_rule(RULES[2]), variant="original")
   round_fn = make_round(alg, "loop")
   keys = [jax.random.key(60 + r) for r in range(4)]
   full = alg.init(ref.init_params())
@@ -314,13 +324,13 @@ def test_infeasible_superclients_refused_before_pretraining():
 
 def test_paper_presets_reproduce_the_published_code():
   c = paper.get_config("fedseq_inter_dyn,cifar10")
-  assert (c.fedseq.inter_variant, c.algorithm.dyn_variant, c.fedseq.augment_exemplars,
+  assert (c.fedseq.inter_variant, c.algorithm.fedseq_inter_dyn.variant, c.fedseq.augment_exemplars,
           c.fedseq.dropout_variant, c.rounds) == ("original", "original", True, "original", 10000)
   d = paper.get_config("fedseq_inter_dyn,cifar10,described")
-  assert (d.fedseq.inter_variant, d.algorithm.dyn_variant, d.fedseq.augment_exemplars) == (
-      "paper", "paper", False)
-  assert paper.get_config("feddyn,cifar100").algorithm.dyn_variant == "original"
-  assert paper.get_config("centralized,cifar10").algorithm.centralized_variant == "original"
+  assert (d.fedseq.inter_variant, d.algorithm.fedseq_inter_dyn.variant,
+          d.fedseq.augment_exemplars) == ("paper", "paper", False)
+  assert paper.get_config("feddyn,cifar100").algorithm.feddyn.variant == "original"
+  assert paper.get_config("centralized,cifar10").algorithm.centralized.variant == "original"
   es = paper.get_config("fedseq,cifar100,es4")
   assert (es.fedseq.sequential_rounds, es.rounds) == (4, 5000)
   assert paper.get_config("fedseq_prox,cifar10,es2,described").rounds == 5000

@@ -401,13 +401,14 @@ def test_paper_presets(preset, rounds):
   assert c.algorithm.name == algorithm and c.data.name == preset.split(",")[1]
   assert c.rounds == rounds and c.eval_every == 100
   if algorithm == "fedseq_inter_prox":
-    assert c.algorithm.mu == 1.0  # from configs/fedseq_inter_prox.py
+    assert c.algorithm.fedseq_inter_prox.mu == 1.0  # its own section's paper value
 
 
 def test_paper_lists_every_experiment_file():
   assert paper.algorithms() == sorted(
       ["fedavg", "fairavg", "fedprox", "scaffold", "feddyn", "fedseq", "fedseq_prox",
-       "fedseq_dyn", "fedseq_inter", "fedseq_inter_prox", "fedseq_inter_dyn", "centralized"])
+       "fedseq_dyn", "fedseq_scaffold", "fedseq_inter", "fedseq_inter_prox", "fedseq_inter_dyn",
+       "fedseq_inter_scaffold", "centralized"])
 
 
 @pytest.mark.parametrize("preset,message", [

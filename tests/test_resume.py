@@ -1,10 +1,14 @@
-"""Runs that last: exact resume, SIGKILL, refusals, divergence, TensorBoard."""
+"""Runs that last: exact resume, SIGKILL, Ctrl-C, refusals, divergence, run.json, TensorBoard."""
 
 import glob
+import io
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -38,8 +42,39 @@ def config(algorithm="fedavg", **overrides):
   return c
 
 
+TIMING = ("elapsed_s", "s_per_round", "device_peak_bytes")
+
+
 def without_time(records):
-  return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def main_args(workdir, *extra):
+  return [sys.executable, "main.py", "--config=configs/fedavg.py", f"--workdir={workdir}",
+          *(f"--config.{k}={v}" for k, v in SMALL.items()), *extra]
+
+
+def start_and_wait_for(args, line_prefix):
+  """Starts main.py and returns once it has printed a line starting with `line_prefix`.
+
+  No deadline races: the runs started here have far more rounds than any
+  test waits for, so they are still running when the line arrives.
+  """
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if line.startswith(line_prefix):
+      return proc, seen
+  proc.wait()
+  raise AssertionError(f"main.py exited ({proc.returncode}) before printing {line_prefix!r}: "
+                       + "".join(seen))
+
+
+def checkpoint_rounds(workdir) -> list[int]:
+  """Committed checkpoints (orbax writes a temporary directory, then renames it to the round)."""
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
 
 
 def final_state(workdir, c):
@@ -106,26 +141,111 @@ def test_finished_run_is_not_redone(tmp_path):
 
 
 def test_sigkill_mid_run_then_resume(tmp_path):
-  args = [sys.executable, "main.py", "--config=configs/fedavg.py", f"--workdir={tmp_path / 'run'}",
-          *(f"--config.{k}={v}" for k, v in SMALL.items()),
-          "--config.rounds=40", "--config.eval_every=3", "--config.checkpoint_every=1"]
-  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  while time.time() < deadline and proc.poll() is None:
-    names = [os.path.basename(p) for p in glob.glob(str(tmp_path / "run/checkpoints/*"))]
-    steps = [int(n) for n in names if n.isdigit()]
-    if steps and max(steps) >= 8:
-      break
+  workdir = tmp_path / "run"
+  # 100,000 rounds: the run cannot finish before it is killed.
+  args = main_args(workdir, "--config.eval_every=3", "--config.checkpoint_every=1")
+  proc, _ = start_and_wait_for(args + ["--config.rounds=100000"], "round 9/100000")
+  while 9 not in checkpoint_rounds(workdir):  # round 9's checkpoint is committed (async write)
+    assert proc.poll() is None, "the run stopped by itself"
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL
+  # Rerun (rounds may change on resume): it continues from round 9 or later, and
+  # its metrics equal an uninterrupted 15-round run's.
+  done = subprocess.run(args + ["--config.rounds=15"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
   assert done.returncode == 0, done.stderr
-  assert "resuming after round" in done.stderr
-  resumed = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-  reference = train_and_evaluate(config(rounds=40, eval_every=3, checkpoint_every=1),
+  resumed_after = int(re.search(r"resuming after round (\d+)", done.stderr).group(1))
+  assert resumed_after >= 9
+  resumed = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  reference = train_and_evaluate(config(rounds=15, eval_every=3, checkpoint_every=1),
                                  str(tmp_path / "ref"))
+  assert [r["round"] for r in reference] == [3, 6, 9, 12, 15]
   assert without_time(resumed) == without_time(reference)
+
+
+def test_ctrl_c_says_where_the_run_stands_and_the_rerun_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  args = main_args(workdir, "--config.eval_every=2", "--config.checkpoint_every=2")
+  proc, _ = start_and_wait_for(args + ["--config.rounds=100000"], "round 4/100000")
+  proc.send_signal(signal.SIGINT)
+  rest = proc.stderr.read()
+  proc.wait()
+  assert proc.returncode == 130, rest
+  assert "Traceback" not in rest
+  lines = [l for l in rest.splitlines() if l.strip()]
+  m = re.fullmatch(r"interrupted after round (\d+); last checkpoint at round (\d+); "
+                   r"rerun the same command to resume", lines[-1])
+  assert m, rest
+  stopped, checkpoint = int(m.group(1)), int(m.group(2))
+  # The loop stops after the round in progress; every second round was checkpointed.
+  assert stopped >= 4 and checkpoint == stopped - stopped % 2
+  assert checkpoint_rounds(workdir)[-1] == checkpoint
+  done = subprocess.run(args + [f"--config.rounds={checkpoint + 2}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert f"resuming after round {checkpoint}" in done.stderr
+  # The lock died with the interrupted process, and the rerun released its own.
+  rounds = [json.loads(l)["round"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert rounds == list(range(2, checkpoint + 3, 2))
+
+
+def test_run_json_records_every_start(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(main_args(workdir, "--config.rounds=2", "--config.eval_every=1"),
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  # fraction 0.25 of 20 clients
+  assert "strategy loop, 5 clients per round" in proc.stderr
+  again = subprocess.run(main_args(workdir, "--config.rounds=3", "--config.eval_every=1"),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr
+  starts = json.loads((workdir / "run.json").read_text())
+  assert [s["resumed_after_round"] for s in starts] == [0, 2]
+  first = starts[0]
+  assert first["command"][0] == "main.py" and f"--workdir={workdir}" in first["command"]
+  assert "--config.rounds=2" in first["command"] and "--config.rounds=3" in starts[1]["command"]
+  assert (first["strategy"], first["conv_impl"], first["unroll"]) == ("loop", None, 1)
+  assert (first["participants"], first["participants_per_round"]) == ("clients", 5)
+  assert first["mesh_devices"] == 1
+  assert (first["backend"], first["device_kinds"], first["device_count"]) == ("cpu", ["cpu"], 1)
+  assert first["process_count"] == 1 and first["hostname"] == socket.gethostname()
+  import fedjax_seq, flax, jaxlib, optax
+  assert first["versions"] == {"fedjax_seq": fedjax_seq.__version__, "jax": jax.__version__,
+                               "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                               "optax": optax.__version__}
+  # A commit of this checkout (HEAD may move while the test runs), or None outside git.
+  if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+    assert first["git_commit"] is None
+  else:
+    assert re.fullmatch(r"[0-9a-f]{40}", first["git_commit"])
+    assert subprocess.run(["git", "cat-file", "-e", first["git_commit"] + "^{commit}"],
+                          cwd=ROOT).returncode == 0
+  assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", first["start_time"])
+  assert starts[1]["start_time"] >= first["start_time"]
+
+
+def test_fedseq_run_json_counts_superclients(tmp_path):
+  c = config("fedseq", rounds=1, eval_every=1)
+  train_and_evaluate(c, str(tmp_path / "run"))
+  (info,) = json.loads((tmp_path / "run" / "run.json").read_text())
+  groups = json.loads((tmp_path / "run" / "superclients.json").read_text())["superclients"]
+  assert info["participants"] == "superclients"
+  assert info["participants_per_round"] == max(int(0.25 * len(groups)), 1)
+
+
+def test_metrics_record_seconds_per_round_since_the_last_evaluation(tmp_path):
+  records = train_and_evaluate(config(rounds=6, eval_every=2), str(tmp_path / "run"))
+  on_disk = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert on_disk == records
+  for r in records:
+    assert r["s_per_round"] > 0
+    # On CPU the backend reports no memory statistics, so no memory field is written.
+    assert ("device_peak_bytes" in r) == (jax.local_devices()[0].memory_stats() is not None)
+  # Evaluation 2 covers rounds 3-4 only, after everything compiled; the elapsed time
+  # from evaluation 1 to 2 covers those rounds plus evaluation 1 itself.
+  assert records[1]["s_per_round"] * 2 <= records[1]["elapsed_s"] - records[0]["elapsed_s"]
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
@@ -213,13 +333,80 @@ def test_unwritable_workdir_is_refused(tmp_path):
     train_and_evaluate(config(rounds=1), str(tmp_path / "file" / "run"))
 
 
-def test_tensorboard_event_files_are_written(tmp_path):
-  train_and_evaluate(config(rounds=2, eval_every=1), str(tmp_path / "run"))
+def test_eta_counts_only_steady_state_rounds():
+  """A fake clock: round 1 compiles for 10 s, then 1 s per round, the first evaluation 5 s."""
+  from fedjax_seq.training.train import Progress
+  clock = [0.0]
+  out = io.StringIO()
+  progress = Progress(0, 101, out, clock=lambda: clock[0])
+  clock[0] = 10.0
+  progress.warmed_up(1)                       # as the loop does after the first round
+  clock[0] = 20.0                             # rounds 2-11 took 1 s each
+  progress.accuracy = 0.5
+  clock[0] = 25.0                             # evaluating round 11 took 5 s (it compiled)
+  progress.update(11, evaluated=True, now=20.0)
+  # 10 rounds in 10 s: 1 round/s, 90 rounds left (not 11 rounds in 25 s: 205 s left).
+  assert out.getvalue() == "round 11/101 | test acc 0.5000 | 1.00 rounds/s | ETA 0:01:30\n"
+  clock[0] = 45.0                             # rounds 12-21: 2 s each, counted from the
+  progress.update(21, evaluated=True, now=45.0)  # end of the first evaluation
+  assert out.getvalue().splitlines()[-1].endswith("0.50 rounds/s | ETA 0:02:40")
+
+
+def test_device_memory_is_recorded_where_the_backend_reports_it(tmp_path, monkeypatch):
+  from fedjax_seq.training import train as train_lib
+
+  class Device:
+    def __init__(self, stats):
+      self.stats = stats
+
+    def memory_stats(self):
+      return self.stats
+
+  for stats, want in (({"peak_bytes_in_use": 123, "bytes_in_use": 5}, 123), ({}, None),
+                      (None, None)):
+    monkeypatch.setattr(jax, "local_devices", lambda stats=stats: [Device(stats)])
+    assert train_lib._peak_device_bytes() == want
+  monkeypatch.undo()
+  monkeypatch.setattr(train_lib, "_peak_device_bytes", lambda: 4096)
+  records = train_and_evaluate(config(rounds=2, eval_every=1), str(tmp_path / "run"))
+  assert [r["device_peak_bytes"] for r in records] == [4096, 4096]
+  on_disk = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert on_disk == records
+
+
+def read_events(path):
+  """The Event protos of a TFRecord event file, checking every record's CRCs."""
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import masked_crc32c
+  data, pos, events = open(path, "rb").read(), 0, []
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack("<Q", header)
+    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
+    body = data[pos + 12:pos + 12 + length]
+    assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked_crc32c(body)
+    events.append(event_pb2.Event.FromString(body))
+    pos += 16 + length
+  return events
+
+
+def test_tensorboard_scalars_equal_the_metrics(tmp_path):
+  records = train_and_evaluate(config(rounds=4, eval_every=2), str(tmp_path / "run"))
   events = glob.glob(str(tmp_path / "run" / "tensorboard" / "events.out.tfevents.*"))
   assert len(events) == 1
-  blob = open(events[0], "rb").read()
-  for tag in (b"test_accuracy", b"test_loss", b"train_loss", b"rounds_per_s", b"_hparams_"):
-    assert tag in blob
+  scalars, tags = {}, set()
+  for event in read_events(events[0]):
+    for value in event.summary.value:
+      tags.add(value.tag)
+      if value.HasField("simple_value"):
+        scalars[value.tag, event.step] = value.simple_value
+  assert "_hparams_/experiment" in tags and "_hparams_/session_start_info" in tags
+  assert {t for t, _ in scalars} == {"test_accuracy", "test_loss", "train_loss", "rounds_per_s"}
+  for r in records:
+    for k in ("test_accuracy", "test_loss", "train_loss"):
+      assert scalars[k, r["round"]] == pytest.approx(r[k], rel=1e-6)  # stored as float32
+    assert scalars["rounds_per_s", r["round"]] > 0
+  assert sorted({s for _, s in scalars}) == [2, 4]
 
 
 def test_host_resident_client_state_runs_checkpoints_and_resumes(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from fedjax_seq.algorithms.fedavg import fedavg
-from fedjax_seq.algorithms.scaffold import scaffold
+from test_engine import assert_leaves_match
+from fedjax_seq.algorithms.fedavg import fedavg, scaffold
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 
 SIZES = [5, 3, 8, 2]  # with B=3: 2, 1, 3 and 1 steps per epoch
@@ -45,10 +45,6 @@ def numpy_rounds(images, labels, data, keys):
   return (w, b), c, cs
 
 
-def control_np(tree):
-  return ref.to_np(tree)
-
-
 @pytest.mark.parametrize("num_rounds", [1, 2])
 def test_rounds_match_numpy_reference(num_rounds):
   images, labels, data = ref.tiny_data(SIZES)
@@ -58,13 +54,10 @@ def test_rounds_match_numpy_reference(num_rounds):
   for key in keys:
     state, _ = round_fn(state, data, key)
   (w, b), c, cs = numpy_rounds(images, labels, data, keys)
-  np.testing.assert_allclose(ref.to_np(state.params)[0], w, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ref.to_np(state.params)[1], b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(control_np(state.control)[0], c[0], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(control_np(state.control)[1], c[1], rtol=1e-5, atol=1e-6)
+  assert_leaves_match(state.params, (w, b))
+  assert_leaves_match(state.server, c)  # SCAFFOLD's c
   for i in range(K):
-    row = jax.tree.map(lambda x: x[i], state.client_controls)
-    np.testing.assert_allclose(control_np(row)[0], cs[i][0], rtol=1e-5, atol=1e-6)
+    assert_leaves_match(jax.tree.map(lambda x: x[i], state.clients.rows), cs[i])  # c_i
   assert np.abs(c[0]).max() > 1e-3  # controls really moved
 
 
@@ -74,7 +67,7 @@ def test_unselected_client_controls_are_untouched():
   state, _ = round_fn(alg.init(ref.init_params()), data, jax.random.key(1))
   ids = set(np.asarray(sample_ids(round_keys(jax.random.key(1))[0], K, 2)).tolist())
   for i in range(K):
-    row = np.asarray(state.client_controls["params"]["fc1"]["kernel"][i])
+    row = np.asarray(state.clients.rows["params"]["fc1"]["kernel"][i])
     assert (np.abs(row).max() > 0) == (i in ids)
 
 
@@ -97,11 +90,10 @@ def test_controls_average_over_each_clients_own_batches():
   w, b = ref.to_np(params)
   for cid in (2, 3):
     key = jax.random.key(cid)
-    got = ref.to_np(jax.jit(trainer.mean_gradient)(params, data, cid, key))
+    got = jax.jit(trainer.mean_gradient)(params, data, cid, key)
     want = ref.mean_grad(w, b, images, labels, ref.batches(data, cid, key, EPOCHS, BATCH))
     assert len(ref.batches(data, cid, key, EPOCHS, BATCH)) == EPOCHS * -(-SIZES[cid] // BATCH)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
+    assert_leaves_match(got, want, atol=1e-7)
 
 
 def test_vmap_equals_loop():

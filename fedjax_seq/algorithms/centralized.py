@@ -3,8 +3,9 @@
 One "round" is the trainer's epochs over one client holding every training
 example. Epoch t (counted from 0) uses lr * (1 + cos(pi * t / T)) / 2 with T
 the number of rounds, PyTorch's `CosineAnnealingLR(T_max=T)` stepped once per
-epoch. The default centralized run (configs/centralized.py) keeps a constant
-learning rate instead and is plain `fedavg` over that single client.
+epoch. The default centralized run (configs/centralized.py, variant "paper")
+keeps a constant learning rate instead and is plain `fedavg` over that
+single client.
 """
 
 from typing import Any, NamedTuple
@@ -12,11 +13,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_seq.algorithms.fedavg import ClientOut
+from fedjax_seq.algorithms.fedavg import ClientOut, fedavg
 from fedjax_seq.core.rounds import Algorithm
+
+VARIANTS = ("paper", "original")
 
 
 class CentralState(NamedTuple):
+  """The model and the number of epochs trained."""
   params: Any
   round: jax.Array  # epochs completed
 
@@ -49,3 +53,21 @@ def centralized(trainer, *, rounds: int) -> Algorithm:
     return CentralState(params, state.round + 1), {"train_loss": jnp.mean(outs.loss)}
 
   return Algorithm(init, sample, participant_update, aggregate)
+
+
+def check_variant(variant: str) -> None:
+  """Raises ValueError unless variant is one of VARIANTS."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+
+
+def baseline(trainer, *, rounds: int, variant: str = "paper") -> Algorithm:
+  """The centralized upper bound over one client (id 0) holding every example.
+
+  variant="paper": constant learning rate (FedAvg over that one client);
+  "original": the published code's cosine learning rate over `rounds`.
+  """
+  check_variant(variant)
+  if variant == "original":
+    return centralized(trainer, rounds=rounds)
+  return fedavg(trainer, 1, 1.0)

@@ -8,12 +8,17 @@ fraction of members is dropped and the rest shuffled (`shuffle`), then each
 member trains `local_epochs` on its own data from the model it receives and
 hands the result on. The chain is a `lax.scan` over member slots whose carry
 is the model; absent and dropped members are exact no-ops. Server: the
-superclients' final models averaged with superclient-size weights.
+rule's server side over the superclients' final models, weighted by
+superclient size (plain, prox, scaffold: their weighted average), then the
+server optimizer, if any.
 
-The local rule of each member is plain SGD, FedProx (the anchor is the model
-the member receives) or FedDyn (the member keeps its own g_i and anchors on
-the model it receives; the FedDyn server update runs over the superclients
-with K the number of clients).
+Each member trains under any client rule (algorithms/rules.py) from the
+model it receives, which is its anchor (FedProx's w_global, FedDyn's
+w_server, the x of SCAFFOLD's control), with its own per-client row (FedDyn's
+g_i, SCAFFOLD's c_i) and the server's state (SCAFFOLD's c). The members'
+contributions (SCAFFOLD's c_i_new - c_i) are summed over the members that
+trained; the rule's server update sees one sum per superclient, with K the
+number of clients.
 """
 
 from typing import Any, NamedTuple, Sequence
@@ -21,15 +26,14 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS
-from fedjax_seq.algorithms.feddyn import dyn_local_update, dyn_server_update
-from fedjax_seq.algorithms.fedprox import prox_correction
+from fedjax_seq.algorithms import rules
+from fedjax_seq.algorithms.fedavg import ServerState, check_rule, server_side
+from fedjax_seq.core import server as server_lib
 from fedjax_seq.core.engine import tree_where
-from fedjax_seq.core.rounds import (Algorithm, gather_rows, scatter_rows, stacked_zeros,
-                                    uniform_sampler, weighted_mean)
-
-RULES = ("plain", "prox", "dyn")
+from fedjax_seq.core.rounds import Algorithm, uniform_sampler
+from fedjax_seq.core.state import gather_rows, scatter_rows
 
 
 class Superclients(NamedTuple):
@@ -43,6 +47,7 @@ class Superclients(NamedTuple):
 
 
 def make_superclients(groups: Sequence[np.ndarray], client_sizes: np.ndarray) -> Superclients:
+  """Groups of client ids as a padded table (padding id K) with their total sizes."""
   k = len(client_sizes)
   width = max(len(g) for g in groups)
   members = np.full((len(groups), width), k, np.int32)
@@ -50,33 +55,6 @@ def make_superclients(groups: Sequence[np.ndarray], client_sizes: np.ndarray) ->
     members[s, :len(g)] = g
   sizes = np.array([client_sizes[np.asarray(g, int)].sum() for g in groups], np.float32)
   return Superclients(jnp.asarray(members), jnp.asarray(sizes))
-
-
-class LocalRule(NamedTuple):
-  """How one client trains from a received model, and its per-client state."""
-  name: str
-  mu: float = 0.0
-  alpha: float = 0.1
-  variant: str = "paper"
-
-  def init_rows(self, params, num_clients: int):
-    return stacked_zeros(params, num_clients) if self.name == "dyn" else None
-
-  def update(self, trainer, params, row, data, client_id, key):
-    """-> (LocalResult, new per-client row)."""
-    if self.name == "plain":
-      return trainer.train(params, data, client_id, key), row
-    if self.name == "prox":
-      return trainer.train(params, data, client_id, key, ctx=params,
-                           correction=prox_correction(self.mu)), row
-    return dyn_local_update(trainer, self.alpha, self.variant, params, row, data, client_id, key)
-
-
-def validate_rule(rule: LocalRule):
-  if rule.name not in RULES:
-    raise ValueError(f"unknown local rule {rule.name!r}")
-  if rule.name == "dyn" and rule.variant not in DYN_VARIANTS:
-    raise ValueError(f"unknown FedDyn variant {rule.variant!r}")
 
 
 def member_key(key: jax.Array, client_id: jax.Array, pass_index: int) -> jax.Array:
@@ -119,64 +97,86 @@ def pass_order(key: jax.Array, real: jax.Array, shuffle: bool, dropout: float,
   return order, active
 
 
-def chain(trainer, rule: LocalRule, params, rows, members: jax.Array, data, key: jax.Array,
-          order_key: jax.Array, *, sequential_rounds: int, shuffle: bool, dropout: float,
-          num_clients: int, dropout_variant: str = "paper"):
-  """Trains one superclient's members in sequence; returns (params, rows, mean loss).
+class ChainOptions(NamedTuple):
+  """How a superclient's members are chained each round (see `chain_options`)."""
+  sequential_rounds: int = 1
+  shuffle: bool = True
+  dropout: float = 0.0
+  dropout_variant: str = "paper"
+
+
+def chain_options(sequential_rounds: int = 1, shuffle: bool = True, dropout: float = 0.0,
+                  dropout_variant: str = "paper") -> ChainOptions:
+  """Checked chain options: E_S passes, shuffling, dropout and its variant (see `pass_order`)."""
+  if sequential_rounds < 1:
+    raise ValueError(f"sequential_rounds must be >= 1, got {sequential_rounds}")
+  if not 0 <= dropout < 1:
+    raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+  if dropout_variant not in DROPOUT_VARIANTS:
+    raise ValueError(f"unknown dropout_variant {dropout_variant!r}; valid: "
+                     f"{', '.join(DROPOUT_VARIANTS)}")
+  return ChainOptions(sequential_rounds, shuffle, dropout, dropout_variant)
+
+
+def chain(trainer, rule: rules.ClientRule, params, server, rows, members: jax.Array, data,
+          key: jax.Array, order_key: jax.Array, options: ChainOptions, num_clients: int):
+  """Trains one superclient's members in sequence: (params, rows, contribution, mean loss).
 
   `rows` holds the members' per-client state (leading axis = member slot)
-  or None.
+  or None; `server` is the rule's server state, the same for every member.
+  The contribution is the sum of the trained members' contributions.
   """
   real = members < num_clients
   loss_sum = jnp.zeros((), jnp.float32)
   count = jnp.zeros((), jnp.int32)
-  for p in range(sequential_rounds):
-    order, active = pass_order(jax.random.fold_in(order_key, p), real, shuffle, dropout,
-                               dropout_variant)
+  total = rule.zero_contribution(params)
+  for p in range(options.sequential_rounds):
+    order, active = pass_order(jax.random.fold_in(order_key, p), real, options.shuffle,
+                               options.dropout, options.dropout_variant)
 
     def step(carry, slot, p=p, active=active):
-      params, rows, loss_sum, count = carry
+      params, rows, total, loss_sum, count = carry
       cid = members[slot]
       row = None if rows is None else gather_rows(rows, slot)
-      res, new_row = rule.update(trainer, params, row, data, cid, member_key(key, cid, p))
-      on = active[slot]
+      update = rule.train(trainer, params, row, server, data, cid, member_key(key, cid, p))
+      res, on = update.result, active[slot]
       params = tree_where(on, res.params, params)
       if rows is not None:
-        rows = jax.tree.map(lambda r, n, o: r.at[slot].set(jnp.where(on, n, o)), rows, new_row,
-                            row)
-      return (params, rows, loss_sum + jnp.where(on, res.loss, 0.0),
+        rows = jax.tree.map(lambda r, n, o: r.at[slot].set(jnp.where(on, n, o)), rows,
+                            update.row, row)
+      if total is not None:
+        total = jax.tree.map(lambda t, c: t + jnp.where(on, c, 0.0), total, update.contribution)
+      return (params, rows, total, loss_sum + jnp.where(on, res.loss, 0.0),
               count + on.astype(jnp.int32)), None
 
-    (params, rows, loss_sum, count), _ = jax.lax.scan(step, (params, rows, loss_sum, count),
-                                                      order)
-  return params, rows, loss_sum / jnp.maximum(count, 1)
-
-
-class FedSeqState(NamedTuple):
-  params: Any
-  h: Any = None             # FedDyn server state (rule "dyn")
-  client_rows: Any = None   # FedDyn g_i for all K clients (rule "dyn")
+    (params, rows, total, loss_sum, count), _ = jax.lax.scan(
+        step, (params, rows, total, loss_sum, count), order)
+  return params, rows, total, loss_sum / jnp.maximum(count, 1)
 
 
 class ChainOut(NamedTuple):
+  """One superclient's round: its final model, its members' rows, their contributions, loss."""
   params: Any
   rows: Any
+  contribution: Any
   loss: jax.Array
 
 
-def superclient_update(trainer, rule, sc: Superclients, options: dict, num_clients: int):
-  """participant_update(start_params, state_rows, data, sc_id, key) shared with FedSeqInter."""
-  if options.get("dropout_variant", "paper") not in DROPOUT_VARIANTS:
-    raise ValueError(f"unknown dropout variant {options['dropout_variant']!r}; valid: "
-                     f"{', '.join(DROPOUT_VARIANTS)}")
+def superclient_update(trainer, rule: rules.ClientRule, sc: Superclients, options: ChainOptions,
+                       num_clients: int):
+  """update(start_params, state, data, sc_id, key) -> ChainOut, shared with FedSeqInter.
 
-  def update(start, client_rows, data, sc_id, key):
+  `state` supplies the rule's server state (`.server`) and the per-client
+  rows (`.clients`).
+  """
+
+  def update(start, state, data, sc_id, key):
     members = sc.members[sc_id]
-    rows = None if client_rows is None else gather_rows(client_rows, members)
-    params, rows, loss = chain(trainer, rule, start, rows, members, data, key,
-                               jax.random.fold_in(key, num_clients + sc_id),
-                               num_clients=num_clients, **options)
-    return ChainOut(params, rows, loss)
+    rows = None if state.clients is None else gather_rows(state.clients, members)
+    params, rows, total, loss = chain(trainer, rule, start, state.server, rows, members, data,
+                                      key, jax.random.fold_in(key, num_clients + sc_id),
+                                      options, num_clients)
+    return ChainOut(params, rows, total, loss)
 
   return update
 
@@ -188,8 +188,9 @@ def scatter_member_rows(client_rows, members: jax.Array, rows):
 
 
 def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: float, *,
-           rule: LocalRule = LocalRule("plain"), sequential_rounds: int = 1, shuffle: bool = True,
-           dropout: float = 0.0, dropout_variant: str = "paper") -> Algorithm:
+           rule: rules.ClientRule | None = None, sequential_rounds: int = 1, shuffle: bool = True,
+           dropout: float = 0.0, dropout_variant: str = "paper",
+           server_optimizer: optax.GradientTransformation | None = None) -> Algorithm:
   """FedSeq over `superclients` (see the module docstring).
 
   Args:
@@ -197,33 +198,33 @@ def fedseq(trainer, superclients: Superclients, num_clients: int, fraction: floa
     superclients: the fixed membership table.
     num_clients: K.
     fraction: C; max(int(C*S), 1) superclients per round.
-    rule: each member's local rule (plain, prox, dyn).
+    rule: each member's `rules.ClientRule` (default `rules.plain()`).
     sequential_rounds: E_S, passes over the members per round.
     shuffle: shuffle the members at every pass.
     dropout: fraction of members dropped at every pass.
     dropout_variant: "paper" or "original" (see `pass_order`).
+    server_optimizer: an optax transform on server params minus the
+      proposal (core/server.py); None takes the proposal as is.
   """
-  validate_rule(rule)
-  options = dict(sequential_rounds=sequential_rounds, shuffle=shuffle, dropout=dropout,
-                 dropout_variant=dropout_variant)
+  rule = rule or rules.plain()
+  check_rule(rule, trainer)
+  options = chain_options(sequential_rounds, shuffle, dropout, dropout_variant)
   update = superclient_update(trainer, rule, superclients, options, num_clients)
 
   def init(params):
-    if rule.name == "dyn":
-      return FedSeqState(params, jax.tree.map(jnp.zeros_like, params),
-                         rule.init_rows(params, num_clients))
-    return FedSeqState(params)
+    return ServerState(params, rule.init_server(params), rule.init_rows(params, num_clients),
+                       server_lib.init(server_optimizer, params))
 
   def participant_update(state, data, sc_id, key):
-    return update(state.params, state.client_rows, data, sc_id, key)
+    return update(state.params, state, data, sc_id, key)
 
   def aggregate(state, sc_ids, outs):
-    metrics = {"train_loss": jnp.mean(outs.loss)}
-    if rule.name == "dyn":
-      params, h = dyn_server_update(state.params, state.h, outs.params, rule.alpha, num_clients)
-      rows = scatter_member_rows(state.client_rows, superclients.members[sc_ids], outs.rows)
-      return FedSeqState(params, h, rows), metrics
-    return FedSeqState(weighted_mean(outs.params, superclients.sizes[sc_ids])), metrics
+    weights = superclients.sizes[sc_ids] if rule.weighted else None
+    params, server, opt = server_side(rule, server_optimizer, num_clients, state, outs.params,
+                                      weights, outs.contribution)
+    rows = (None if state.clients is None else
+            scatter_member_rows(state.clients, superclients.members[sc_ids], outs.rows))
+    return ServerState(params, server, rows, opt), {"train_loss": jnp.mean(outs.loss)}
 
   return Algorithm(init, uniform_sampler(superclients.num_superclients, fraction),
                    participant_update, aggregate, lambda sc_ids: superclients.members[sc_ids])

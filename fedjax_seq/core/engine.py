@@ -43,9 +43,14 @@ class SGD(NamedTuple):
 
 
 class LocalTrainer(NamedTuple):
-  """`train` runs local SGD; `mean_gradient` averages gradients at fixed params."""
+  """`train` runs local SGD; `mean_gradient` averages gradients at fixed params.
+
+  `sgd` is the local optimizer's settings, for client rules whose updates
+  depend on them (SCAFFOLD's control by difference divides by the lr).
+  """
   train: Callable
   mean_gradient: Callable
+  sgd: SGD | None = None
 
 
 class LocalResult(NamedTuple):
@@ -56,6 +61,7 @@ class LocalResult(NamedTuple):
 
 
 def tree_where(pred: jax.Array, new, old):
+  """`new` where `pred` holds, else `old`, leaf by leaf (masked no-op steps)."""
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
@@ -161,7 +167,10 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
                                      (idx, mask, step_keys), unroll=unroll)
     return jax.tree.map(lambda t: t / jnp.maximum(steps, 1), total)
 
-  return LocalTrainer(train, mean_gradient)
+  return LocalTrainer(train, mean_gradient, sgd)
+
+
+STRATEGIES = ("auto", "vmap", "loop")
 
 
 def resolve_strategy(strategy: str, backend: str | None = None) -> str:

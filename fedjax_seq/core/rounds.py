@@ -20,7 +20,7 @@ Both give the same numbers (tests/test_rounds.py).
 """
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from fedjax_seq.core.sharding import globalize, is_multiprocess, shard_client_state, shard_rows
+from fedjax_seq.core.state import ClientRows, client_rows, map_client_rows
+
 
 class Algorithm(NamedTuple):
+  """An algorithm as pure functions (see the module docstring)."""
   init: Callable
   sample: Callable
   participant_update: Callable
@@ -66,79 +69,42 @@ def weighted_mean(trees, weights: jax.Array):
   return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), trees)
 
 
-def stacked_zeros(params, num_rows: int):
-  """`num_rows` zero copies of params: the initial per-client state.
-
-  Host (NumPy) zeros, allocated lazily: the training loop puts them on the
-  device, or keeps them on the host with `engine.client_state=host`.
-  """
-  return jax.tree.map(lambda p: np.zeros((num_rows,) + p.shape, p.dtype), params)
-
-
-class RowTable(NamedTuple):
-  """A device window onto host-resident per-client rows.
-
-  `rows` holds the round's rows; `index[client_id]` is a client's row in it
-  (len(rows) for clients outside the window, padding id K included).
-  """
-  rows: Any
-  index: jax.Array  # (K + 1,) int32
-
-
-def gather_rows(tree, i: jax.Array):
-  """Row(s) of client(s) i of a stacked per-client pytree (or of a RowTable)."""
-  if isinstance(tree, RowTable):
-    return gather_rows(tree.rows, tree.index[i])
-  return jax.tree.map(lambda x: x[i], tree)
-
-
-def scatter_rows(tree, ids: jax.Array, rows):
-  """The stacked pytree with the rows of clients `ids` replaced.
-
-  Every other row is untouched; ids out of range (padding) are dropped.
-  """
-  if isinstance(tree, RowTable):
-    return tree._replace(rows=scatter_rows(tree.rows, tree.index[ids], rows))
-  return jax.tree.map(lambda x, r: x.at[ids].set(r, mode="drop"), tree, rows)
-
-
-def client_fields(state) -> list[str]:
-  """The per-client (`client_*`) fields of a NamedTuple state that are set."""
-  return [f for f in getattr(state, "_fields", ()) if f.startswith("client_")
-          and getattr(state, f) is not None]
+# Where per-client state lives (config engine.client_state): on the device, or on the host.
+CLIENT_STATES = ("device", "host")
 
 
 def with_host_client_state(alg: Algorithm, round_fn: Callable) -> Callable:
-  """Keeps the `client_*` state in host memory; each round moves only its rows.
+  """Keeps every `ClientRows` of the state in host memory; each round moves only its rows.
 
   Before the round the touched clients' rows are copied to the device as a
-  RowTable of fixed size (one compile); afterwards they are written back
-  into the host arrays in place. Equal to the device-resident round (tested).
+  window of fixed size (one compile); afterwards they are written back into
+  the host arrays in place. Equal to the device-resident round (tested).
   """
   sample = jax.jit(lambda state, key: alg.sample(state, round_keys(key)[0]))
 
   def run(state, data, key):
-    fields = client_fields(state)
-    light = state._replace(**{f: None for f in fields})
+    tables = client_rows(state)
+    if not tables:
+      return round_fn(state, data, key)
+    light = map_client_rows(lambda t: None, state)  # sampling needs no rows on the device
     ids = np.asarray(alg.clients_of(sample(light, key))).reshape(-1)
-    k = jax.tree.leaves(getattr(state, fields[0]))[0].shape[0]
+    k = jax.tree.leaves(tables[0].rows)[0].shape[0]
     real = np.unique(ids[ids < k])
     index = np.full(k + 1, len(ids), np.int32)
     index[real] = np.arange(len(real), dtype=np.int32)
+    index = jnp.asarray(index)
 
-    def window(table):
-      return jax.tree.map(lambda x: jnp.asarray(
-          np.concatenate([x[real], np.zeros((len(ids) - len(real),) + x.shape[1:], x.dtype)])),
-          table)
+    def window(table: ClientRows) -> ClientRows:
+      return ClientRows(jax.tree.map(lambda x: jnp.asarray(np.concatenate(
+          [x[real], np.zeros((len(ids) - len(real),) + x.shape[1:], x.dtype)])), table.rows),
+          index)
 
-    tables = {f: getattr(state, f) for f in fields}
-    state, metrics = round_fn(
-        state._replace(**{f: RowTable(window(t), jnp.asarray(index)) for f, t in tables.items()}),
-        data, key)
-    for f, table in tables.items():
-      rows = jax.device_get(getattr(state, f).rows)
-      jax.tree.map(lambda h, r: h.__setitem__(real, r[:len(real)]), table, rows)
-    return state._replace(**tables), metrics
+    state, metrics = round_fn(map_client_rows(window, state), data, key)
+    for table, out in zip(tables, client_rows(state)):
+      rows = jax.device_get(out.rows)
+      jax.tree.map(lambda h, r: h.__setitem__(real, r[:len(real)]), table.rows, rows)
+    hosted = iter(tables)
+    return map_client_rows(lambda _: next(hosted), state), metrics
 
   return run
 

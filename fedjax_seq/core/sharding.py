@@ -4,9 +4,9 @@ The round's participant axis (clients or superclients) and the stacked
 per-client state are sharded over `clients`; the server state and the
 training images are replicated; the aggregation's sums become cross-device
 reductions that XLA inserts. A cohort that does not divide the device count
-is padded by XLA internally. Per-client state is found by convention: the
-fields of an algorithm state whose names start with `client_` hold one row
-per client (leading axis K).
+is padded by XLA internally. Per-client state is what the state declares as
+such: every `core.state.ClientRows` in it (one row per client, leading axis
+K).
 
 Several processes (hosts) share one mesh after `initialize_distributed`:
 every process holds the same data and state (both are deterministic in the
@@ -19,16 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fedjax_seq.core.state import map_client_rows
 from fedjax_seq.errors import UserError
 
 AXIS = "clients"
 
 
 def make_mesh(num_devices: int = 0) -> Mesh | None:
-  """A mesh over the first `num_devices` devices (0: all); None for a single device."""
+  """A mesh over the first `num_devices` devices (0: all); None for a single device.
+
+  ValueError for a count outside [0, available devices].
+  """
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
-    raise UserError(f"config.mesh.num_devices must be in [0, {len(devices)}], got {num_devices}")
+    raise ValueError(f"num_devices must be in [0, {len(devices)}], got {num_devices}")
   devices = devices[:num_devices or len(devices)]
   return Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
 
@@ -42,11 +46,10 @@ def shard_rows(tree, mesh: Mesh | None):
 
 
 def shard_client_state(state, mesh: Mesh | None):
-  """Shards the `client_*` fields of a NamedTuple state; the rest is left replicated."""
-  if mesh is None or not hasattr(state, "_fields"):
+  """Shards the rows of every `ClientRows` in a state; the rest is left replicated."""
+  if mesh is None:
     return state
-  return state._replace(**{f: shard_rows(getattr(state, f), mesh)
-                           for f in state._fields if f.startswith("client_")})
+  return map_client_rows(lambda t: t._replace(rows=shard_rows(t.rows, mesh)), state)
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -65,6 +68,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
 
 
 def is_multiprocess(mesh: Mesh | None) -> bool:
+  """Whether a mesh spans several processes (then arrays must be globalized)."""
   return mesh is not None and jax.process_count() > 1
 
 

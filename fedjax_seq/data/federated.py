@@ -72,6 +72,7 @@ def random_crop_flip(x: jax.Array, key: jax.Array, pad: int = 4) -> jax.Array:
 
 
 def steps_per_epoch(max_client_size: int, batch_size: int) -> int:
+  """ceil(max_client_size / batch_size): local steps per epoch for every client."""
   return -(-max_client_size // batch_size)
 
 

@@ -7,23 +7,20 @@ values. `validate` runs before anything is loaded or written.
 import dataclasses
 import json
 import os
+import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import jax
 import ml_collections
 import numpy as np
 
-from fedjax_seq.algorithms.fairavg import fairavg
-from fedjax_seq.algorithms.fedavg import fedavg
-from fedjax_seq.algorithms.feddyn import VARIANTS as DYN_VARIANTS, feddyn
-from fedjax_seq.algorithms.fedprox import fedprox
-from fedjax_seq.algorithms.centralized import centralized
-from fedjax_seq.algorithms.fedseq import DROPOUT_VARIANTS, LocalRule, fedseq, make_superclients
-from fedjax_seq.algorithms.fedseq_inter import PERIODS, VARIANTS as INTER_VARIANTS, fedseq_inter
-from fedjax_seq.algorithms.scaffold import scaffold
+from fedjax_seq.algorithms import fedseq as fedseq_lib
+from fedjax_seq.algorithms import fedseq_inter, registry, rules
 from fedjax_seq.core import engine
-from fedjax_seq.core.rounds import Algorithm, make_round, num_sampled, with_host_client_state
+from fedjax_seq.core import server as server_lib
+from fedjax_seq.core.rounds import (CLIENT_STATES, Algorithm, make_round, num_sampled,
+                                    with_host_client_state)
 from fedjax_seq.core.sharding import globalize, make_mesh
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
@@ -33,13 +30,8 @@ from fedjax_seq.models import MODELS, get_model, uses_lax_conv
 from fedjax_seq.superclients import formation, grouping
 from fedjax_seq.training.evaluate import make_evaluator
 
-# FedSeq family: name -> (inter, local rule)
-FEDSEQ = {"fedseq": (False, "plain"), "fedseq_prox": (False, "prox"), "fedseq_dyn": (False, "dyn"),
-          "fedseq_inter": (True, "plain"), "fedseq_inter_prox": (True, "prox"),
-          "fedseq_inter_dyn": (True, "dyn")}
-ALGORITHMS = ("fedavg", "fairavg", "fedprox", "scaffold", "feddyn", *FEDSEQ, "centralized")
-STRATEGIES = ("auto", "vmap", "loop")
-CENTRALIZED_VARIANTS = ("paper", "original")
+ALGORITHMS = registry.ALGORITHMS  # the one list of names (a live view: `register` adds to it)
+T = TypeVar("T")
 
 
 def _check(cond: bool, msg: str):
@@ -47,22 +39,109 @@ def _check(cond: bool, msg: str):
     raise UserError(msg)
 
 
+def _named(error: ValueError, paths: dict[str, str]) -> UserError:
+  """A constructor's plain ValueError as a UserError naming the config field it is about.
+
+  Constructors name an argument as "ARG must ...", "unknown ARG '...'" or
+  "ARG=VALUE"; the first such mention of one of `paths` becomes its path.
+  """
+  message = str(error)
+  for arg, path in paths.items():
+    named = re.sub(rf"(?<![\w.]){re.escape(arg)}(?= must\b|=| ')", path, message, count=1)
+    if named != message:
+      return UserError(named)
+  return UserError(message)
+
+
+def _checked(call: Callable[[], T], paths: dict[str, str]) -> T:
+  """call(), with a ValueError it raises turned into a UserError naming the config field."""
+  try:
+    return call()
+  except ValueError as e:
+    raise _named(e, paths) from None
+
+
+def hyperparameters(config, name: str) -> dict:
+  """An algorithm's own section `config.algorithm.NAME` as keyword arguments.
+
+  An algorithm registered after the config was made has no section: its
+  entry's defaults.
+  """
+  section = config.algorithm.get(name)
+  own = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else {}
+  return {**registry.ALGORITHMS[name].hyperparameters, **own}
+
+
+def _section(name: str, hp: dict) -> dict[str, str]:
+  return {field: f"config.algorithm.{name}.{field}" for field in hp}
+
+
+def server_optimizer(config):
+  """The server's optax transform from `config.server` (None: plain averaging, FedAvg)."""
+  s = config.server
+  return _checked(lambda: server_lib.server_optimizer(
+      s.optimizer, lr=s.lr, momentum=s.momentum, b1=s.b1, b2=s.b2, eps=s.eps),
+      {f: f"config.server.{f}" for f in ("optimizer", "lr", "momentum", "b1", "b2", "eps")})
+
+
+def chain_options(config) -> dict:
+  """FedSeq's chain options from `config.fedseq`, checked by `fedseq.chain_options`."""
+  f = config.fedseq
+  kwargs = dict(sequential_rounds=f.sequential_rounds, shuffle=f.shuffle, dropout=f.dropout,
+                dropout_variant=f.dropout_variant)
+  _checked(lambda: fedseq_lib.chain_options(**kwargs), {k: f"config.fedseq.{k}" for k in kwargs})
+  return kwargs
+
+
+def bank_options(config) -> dict:
+  """FedSeqInter's bank options from `config.fedseq`, checked by `fedseq_inter.check_bank`."""
+  kwargs = dict(period=config.fedseq.aggregation_period, variant=config.fedseq.inter_variant)
+  _checked(lambda: fedseq_inter.check_bank(**kwargs),
+           {"period": "config.fedseq.aggregation_period",
+            "variant": "config.fedseq.inter_variant"})
+  return kwargs
+
+
+def _validate_algorithms(config, names: list[str]) -> None:
+  """Every algorithm's section through its constructor's checks; for the ones that run
+  (`names`), their rule against the local optimizer and the server optimizer."""
+  sgd = engine.SGD(config.client.lr, config.client.momentum, config.client.weight_decay)
+  optimizer = server_optimizer(config)
+  for name, entry in registry.ALGORITHMS.items():
+    hp = hyperparameters(config, name)
+    rule = _checked(lambda: entry.check(**hp), _section(name, hp))
+    if name not in names:
+      continue
+    if isinstance(rule, rules.ClientRule):
+      _checked(lambda: rules.check_local_sgd(rule, sgd), {"momentum": "config.client.momentum"})
+    _check(entry.server_step or optimizer is None,
+           f"{name} has no server step: leave config.server.optimizer=sgd with "
+           f"config.server.lr=1, got {config.server.optimizer} with lr {config.server.lr}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError for any out-of-range or unknown value."""
+  """Raises UserError for any out-of-range or unknown value, naming its config field.
+
+  Algorithm, rule, server-optimizer and FedSeq chain settings are checked by
+  the constructors that use them (a ValueError, named here by its field).
+  """
   c = config
   _check(c.algorithm.name in ALGORITHMS,
          f"unknown algorithm {c.algorithm.name!r}; valid: {', '.join(ALGORITHMS)}")
   _check(c.data.name in sources.DATASETS,
          f"unknown dataset {c.data.name!r}; valid: {', '.join(sources.DATASETS)}")
   _check(c.model.name in MODELS, f"unknown model {c.model.name!r}; valid: {', '.join(MODELS)}")
-  _check(c.engine.client_state in ("device", "host"),
-         f"unknown engine.client_state {c.engine.client_state!r}; valid: device, host")
+  _check(c.engine.client_state in CLIENT_STATES,
+         f"unknown engine.client_state {c.engine.client_state!r}; valid: "
+         f"{', '.join(CLIENT_STATES)}")
   _check(c.engine.chunk >= 0, f"config.engine.chunk must be >= 0, got {c.engine.chunk}")
-  _check(c.engine.strategy in STRATEGIES,
-         f"unknown engine.strategy {c.engine.strategy!r}; valid: {', '.join(STRATEGIES)}")
-  for name in filter(None, (n.strip() for n in c.compare_with.split(","))):
-    _check(name in ALGORITHMS and name != "centralized",
-           f"unknown algorithm {name!r} in config.compare_with; valid: {', '.join(ALGORITHMS[:-1])}")
+  _check(c.engine.strategy in engine.STRATEGIES,
+         f"unknown engine.strategy {c.engine.strategy!r}; valid: {', '.join(engine.STRATEGIES)}")
+  comparable = [n for n, e in ALGORITHMS.items() if e.participants != "pooled"]
+  compared = [n for n in (n.strip() for n in c.compare_with.split(",")) if n]
+  for name in compared:
+    _check(name in comparable,
+           f"unknown algorithm {name!r} in config.compare_with; valid: {', '.join(comparable)}")
   _check(c.rounds >= 1, f"config.rounds must be >= 1, got {c.rounds}")
   _check(c.eval_every >= 1, f"config.eval_every must be >= 1, got {c.eval_every}")
   _check(c.checkpoint_every >= 1, f"config.checkpoint_every must be >= 1, got {c.checkpoint_every}")
@@ -83,18 +162,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0 <= c.client.momentum < 1, f"config.client.momentum must be in [0, 1), got {c.client.momentum}")
   _check(c.client.weight_decay >= 0,
          f"config.client.weight_decay must be >= 0, got {c.client.weight_decay}")
-  _check(c.algorithm.mu >= 0, f"config.algorithm.mu must be >= 0, got {c.algorithm.mu}")
-  _check(c.algorithm.dyn_alpha > 0,
-         f"config.algorithm.dyn_alpha must be > 0, got {c.algorithm.dyn_alpha}")
-  _check(c.algorithm.dyn_variant in DYN_VARIANTS,
-         f"unknown algorithm.dyn_variant {c.algorithm.dyn_variant!r}; valid: "
-         f"{', '.join(DYN_VARIANTS)}")
-  _check(c.algorithm.centralized_variant in CENTRALIZED_VARIANTS,
-         f"unknown algorithm.centralized_variant {c.algorithm.centralized_variant!r}; valid: "
-         f"{', '.join(CENTRALIZED_VARIANTS)}")
-  _check(not (c.algorithm.name == "scaffold" and c.client.momentum > 0),
-         f"SCAFFOLD takes no momentum (the original's SCAFFOLD optimizer has none); got "
-         f"config.client.momentum={c.client.momentum}, use 0")
+  _validate_algorithms(c, [c.algorithm.name, *compared])
+  chain_options(c)
+  bank_options(c)
   f = c.fedseq
   _check(f.grouping in grouping.METHODS,
          f"unknown fedseq.grouping {f.grouping!r}; valid: {', '.join(grouping.METHODS)}")
@@ -103,19 +173,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(f.representation in formation.REPRESENTATIONS,
          f"unknown fedseq.representation {f.representation!r}; valid: "
          f"{', '.join(formation.REPRESENTATIONS)}")
-  _check(not (f.grouping == "greedy_mixture" and f.representation != "confidence"),
-         "fedseq.grouping=greedy_mixture needs probability vectors: use "
-         "fedseq.representation=confidence")
   _check(not (grouping.requires_probabilities(f.measure) and f.representation != "confidence"),
          f"fedseq.measure={f.measure} needs probability vectors: use "
          "fedseq.representation=confidence or measure cosine/wasserstein")
-  _check(f.aggregation_period in PERIODS,
-         f"unknown fedseq.aggregation_period {f.aggregation_period!r}; valid: {', '.join(PERIODS)}")
-  _check(f.inter_variant in INTER_VARIANTS,
-         f"unknown fedseq.inter_variant {f.inter_variant!r}; valid: {', '.join(INTER_VARIANTS)}")
-  _check(f.dropout_variant in DROPOUT_VARIANTS,
-         f"unknown fedseq.dropout_variant {f.dropout_variant!r}; valid: "
-         f"{', '.join(DROPOUT_VARIANTS)}")
   _check(f.evaluator_model in MODELS,
          f"unknown fedseq.evaluator_model {f.evaluator_model!r}; valid: {', '.join(MODELS)}")
   _check(f.max_clients >= 1, f"config.fedseq.max_clients must be >= 1, got {f.max_clients}")
@@ -124,9 +184,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"config.fedseq.pretrain_epochs must be >= 1, got {f.pretrain_epochs}")
   _check(f.pretrain_chunk >= 1, f"config.fedseq.pretrain_chunk must be >= 1, got {f.pretrain_chunk}")
   _check(0 < f.pca_variance <= 1, f"config.fedseq.pca_variance must be in (0, 1], got {f.pca_variance}")
-  _check(f.sequential_rounds >= 1,
-         f"config.fedseq.sequential_rounds must be >= 1, got {f.sequential_rounds}")
-  _check(0 <= f.dropout < 1, f"config.fedseq.dropout must be in [0, 1), got {f.dropout}")
   _check(c.model.compute_dtype in ("float32", "bfloat16"),
          f"unknown model.compute_dtype {c.model.compute_dtype!r}; valid: float32, bfloat16")
   _check(c.model.conv_impl in ("auto", "xla", "im2col"),
@@ -169,33 +226,13 @@ def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarra
 
 
 def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Algorithm:
-  """The configured algorithm over `trainer` (superclients for the FedSeq family)."""
-  a, frac = config.algorithm, config.client.fraction
-  if a.name == "fedavg":
-    return fedavg(trainer, num_clients, frac)
-  if a.name == "fairavg":
-    return fairavg(trainer, num_clients, frac)
-  if a.name == "fedprox":
-    return fedprox(trainer, num_clients, frac, mu=a.mu)
-  if a.name == "scaffold":
-    return scaffold(trainer, num_clients, frac)
-  if a.name == "feddyn":
-    return feddyn(trainer, num_clients, frac, alpha=a.dyn_alpha, variant=a.dyn_variant)
-  if a.name == "centralized":  # one client holding every training example
-    if a.centralized_variant == "original":
-      return centralized(trainer, rounds=config.rounds)
-    return fedavg(trainer, 1, 1.0)
-  if a.name in FEDSEQ:
-    inter, rule_name = FEDSEQ[a.name]
-    f = config.fedseq
-    rule = LocalRule(rule_name, mu=a.mu, alpha=a.dyn_alpha, variant=a.dyn_variant)
-    options = dict(rule=rule, sequential_rounds=f.sequential_rounds, shuffle=f.shuffle,
-                   dropout=f.dropout, dropout_variant=f.dropout_variant)
-    if inter:
-      return fedseq_inter(trainer, superclients, num_clients, frac,
-                          period=f.aggregation_period, variant=f.inter_variant, **options)
-    return fedseq(trainer, superclients, num_clients, frac, **options)
-  raise UserError(f"unknown algorithm {a.name!r}; valid: {', '.join(ALGORITHMS)}")
+  """The configured algorithm from its registry entry and its section `config.algorithm.NAME`."""
+  name = config.algorithm.name
+  setup = registry.Setup(trainer, num_clients, config.client.fraction, config.rounds,
+                         server_optimizer(config), superclients, chain_options(config),
+                         bank_options(config))
+  hp = hyperparameters(config, name)
+  return _checked(lambda: registry.ALGORITHMS[name].build(setup, **hp), _section(name, hp))
 
 
 def make_trainer(config, model, preprocess, local_epochs: int):
@@ -292,7 +329,8 @@ def build(config, stream=None, superclients=None) -> Experiment:
   """`superclients`: (groups, summary) from a previous run's superclients.json, or None."""
   validate(config)
   ds, clients, kept, exemplars = load_federated(config)
-  if config.algorithm.name == "centralized":
+  participants = ALGORITHMS[config.algorithm.name].participants
+  if participants == "pooled":  # one client holding every training example
     clients = [np.concatenate(clients)]
   data = make_fed_data(ds.train_images, ds.train_labels, clients)
   model = get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl,
@@ -302,7 +340,7 @@ def build(config, stream=None, superclients=None) -> Experiment:
   strategy = engine.resolve_strategy(config.engine.strategy)
   exemplar_set = (ds.test_images[exemplars], ds.test_labels[exemplars])
   info = None
-  if config.algorithm.name in FEDSEQ:
+  if participants == "superclients":
     client_labels = [ds.train_labels[c] for c in clients]
     if superclients is None and config.fedseq.superclients_from:
       groups, info = groups_from_file(config, config.fedseq.superclients_from,
@@ -313,15 +351,17 @@ def build(config, stream=None, superclients=None) -> Experiment:
                                        exemplar_set, preprocess, strategy, stream)
     else:  # resuming: formation is not redone
       groups, info = superclients
-    superclients = make_superclients(groups, np.asarray(data.client_sizes))
+    superclients = fedseq_lib.make_superclients(groups, np.asarray(data.client_sizes))
   algorithm = build_algorithm(config, trainer, data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
   init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
-  if config.algorithm.name == "centralized" and config.algorithm.centralized_variant == "original":
+  if (config.algorithm.name == "centralized"
+      and hyperparameters(config, "centralized")["variant"] == "original"):
     kept = np.arange(len(ds.test_labels))  # the original's centralized run tests on all of it
   evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
-  mesh = make_mesh(config.mesh.num_devices) if strategy == "vmap" else None
+  mesh = (_checked(lambda: make_mesh(config.mesh.num_devices),
+                   {"num_devices": "config.mesh.num_devices"}) if strategy == "vmap" else None)
   data = globalize(data, mesh)  # several processes: one global copy, converted once
   round_fn = make_round(algorithm, strategy, mesh, config.engine.chunk)
   if config.engine.client_state == "host":
