@@ -104,3 +104,35 @@ def mean_grad(w, b, images, labels, batch_list):
   x_all = features(images)
   gs = [grad(w, b, x_all[batch], labels[batch]) for batch in batch_list]
   return sum(g[0] for g in gs) / len(gs), sum(g[1] for g in gs) / len(gs)
+
+
+def override(config, overrides: dict):
+  """Sets dotted config paths (e.g. "data.name") in place; returns the config."""
+  for path, value in overrides.items():
+    node = config
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def resumed_and_uninterrupted(alg, round_fn, data, keys, directory: str, stop: int = 1):
+  """(uninterrupted, resumed) states after all `keys`: the resumed run is checkpointed
+  with orbax after `stop` rounds, restored into a fresh state and continued."""
+  from fedjax_seq.training.checkpoint import Checkpointer
+  full = alg.init(init_params())
+  for key in keys:
+    full, _ = round_fn(full, data, key)
+  part = alg.init(init_params())
+  for key in keys[:stop]:
+    part, _ = round_fn(part, data, key)
+  ckpt = Checkpointer(directory)
+  ckpt.save(stop, part, {})
+  ckpt.close()
+  ckpt = Checkpointer(directory)
+  part, _ = ckpt.restore(stop, alg.init(init_params()))
+  ckpt.close()
+  for key in keys[stop:]:
+    part, _ = round_fn(part, data, key)
+  return full, part

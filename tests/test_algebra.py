@@ -271,20 +271,9 @@ def test_server_optimizer_state_resumes_exactly(tmp_path):
   """Checkpointed after round 1 (Adam's moments included), restored, continued: bit for bit."""
   _, _, data = ref.tiny_data(SIZES)
   alg = build("fedseq", rules.scaffold(), "adam", fraction=0.67)
-  round_fn = make_round(alg, "loop")
-  full = alg.init(ref.init_params())
-  for key in KEYS:
-    full, _ = round_fn(full, data, key)
-  part, _ = round_fn(alg.init(ref.init_params()), data, KEYS[0])
-  ckpt = Checkpointer(str(tmp_path))
-  ckpt.save(1, part, {})
-  ckpt.close()
-  ckpt = Checkpointer(str(tmp_path))
-  part, _ = ckpt.restore(1, alg.init(ref.init_params()))
-  ckpt.close()
+  full, part = ref.resumed_and_uninterrupted(alg, make_round(alg, "loop"), data, KEYS,
+                                             str(tmp_path))
   assert isinstance(part.opt[0], server_lib.FedOptState)
-  for key in KEYS[1:]:
-    part, _ = round_fn(part, data, key)
   for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(part)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import reference as ref
 from configs import default
 from fedjax_seq.errors import UserError
 from fedjax_seq.training.checkpoint import LOCK_FILE, WorkdirLock
@@ -23,14 +24,7 @@ HOLDER = ("import sys; from fedjax_seq.training.checkpoint import WorkdirLock; "
 
 
 def config(**overrides):
-  c = default.get_config()
-  for path, value in {**SMALL, **overrides}.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return ref.override(default.get_config(), {**SMALL, **overrides})
 
 
 def main_py(workdir, *extra):

@@ -24,7 +24,6 @@ from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 from fedjax_seq.errors import UserError
 from fedjax_seq.superclients import grouping
 from fedjax_seq.training import experiment
-from fedjax_seq.training.checkpoint import Checkpointer
 
 SIZES = [5, 3, 8, 2, 4, 6]
 K = len(SIZES)
@@ -219,22 +218,9 @@ def test_inter_original_resumes_exactly(tmp_path):
   sc = make_superclients(GROUPS, np.array(SIZES))
   tr = ref.trainer(lr=LR, momentum=MOMENTUM, weight_decay=WD, epochs=EPOCHS, batch_size=BATCH)
   alg = fedseq_inter(tr, sc, K, 0.67, rule=make_rule(RULES[2]), variant="original")
-  round_fn = make_round(alg, "loop")
   keys = [jax.random.key(60 + r) for r in range(4)]
-  full = alg.init(ref.init_params())
-  for key in keys:
-    full, _ = round_fn(full, data, key)
-  part = alg.init(ref.init_params())
-  for key in keys[:1]:
-    part, _ = round_fn(part, data, key)
-  ckpt = Checkpointer(str(tmp_path))
-  ckpt.save(1, part, {})
-  ckpt.close()
-  ckpt = Checkpointer(str(tmp_path))
-  part, _ = ckpt.restore(1, alg.init(ref.init_params()))
-  ckpt.close()
-  for key in keys[1:]:
-    part, _ = round_fn(part, data, key)
+  full, part = ref.resumed_and_uninterrupted(alg, make_round(alg, "loop"), data, keys,
+                                             str(tmp_path))
   for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(part)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import pytest
 
+import reference as ref
+
 from configs import default
 from fedjax_seq.errors import UserError
 from fedjax_seq.training import experiment as experiment_lib
@@ -33,13 +35,7 @@ SMALL = {"data.name": "synthetic", "data.synthetic.train_size": 800,
 def config(algorithm="fedavg", **overrides):
   c = default.get_config()
   c.algorithm.name = algorithm
-  for path, value in {**SMALL, **overrides}.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return ref.override(c, {**SMALL, **overrides})
 
 
 TIMING = ("elapsed_s", "s_per_round", "device_peak_bytes")
