@@ -15,6 +15,7 @@ from absl import logging as absl_logging
 import ml_collections
 from ml_collections import config_flags
 
+from fedjax_seq import allocator
 from fedjax_seq.errors import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -172,4 +173,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  try:
+    allocator.reexec_with_jemalloc()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   app.run(main, flags_parser=parse_flags)

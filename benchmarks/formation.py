@@ -7,7 +7,10 @@ Run (from the repository root; `python benchmarks/formation.py` works too):
 Pre-trains the first `--clients` clients with each strategy (chunks of
 `config.fedseq.pretrain_chunk` vmapped clients, or a loop of one jitted
 client update), after one compile, and prints one JSON line per strategy
-with seconds per client and the projection to all K clients.
+with seconds per client and the projection to all K clients, and the
+useful FLOPs of one client's evaluation (its pre-training epochs' forward
+and backward, and the forward pass over the exemplars it scores) against
+the backend's measured matmul peak (benchmarks/flops.py).
 """
 
 import os
@@ -15,6 +18,9 @@ import sys
 
 if __package__ in (None, ""):  # run as a path (python benchmarks/NAME.py): import from the checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # before anything allocates: jemalloc where installed
+  from fedjax_seq import allocator
+  allocator.reexec_with_jemalloc()
 
 import json
 import time
@@ -24,6 +30,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from benchmarks import flops as flops_lib
 from benchmarks.timing import quiet_logs
 from fedjax_seq.data.federated import Preprocess, make_fed_data
 from fedjax_seq.models import get_model
@@ -42,12 +49,18 @@ def main(argv):
   quiet_logs()
   config = FLAGS.config
   experiment_lib.validate(config)
-  ds, clients, _, _ = experiment_lib.load_federated(config)
+  ds, clients, _, exemplars = experiment_lib.load_federated(config)
   f = config.fedseq
   model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl)
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
   trainer = experiment_lib.make_trainer(config, model, preprocess, f.pretrain_epochs)
   init = model.init(jax.random.key(0), ds.train_images[:1].astype(np.float32))
+  shape = ds.train_images.shape[1:]
+  flops_per_client = (
+      f.pretrain_epochs * np.mean([len(c) for c in clients])
+      * flops_lib.train_flops_per_example(model, init, shape)
+      + len(exemplars) * flops_lib.forward_flops_per_example(model, init, shape))
+  peak = flops_lib.peak_flops_per_s()
   for strategy in FLAGS.strategies:
     chunk = min(f.pretrain_chunk, FLAGS.clients)
     warm = make_fed_data(ds.train_images, ds.train_labels, clients[:chunk])
@@ -66,7 +79,8 @@ def main(argv):
         "first_chunk_s_incl_compile": round(compile_s, 2),
         "seconds_per_client": round(per_client, 4),
         "projected_s_for_all_clients": round(per_client * len(clients), 1),
-        "num_clients": len(clients)}), flush=True)
+        "num_clients": len(clients),
+        **flops_lib.efficiency(flops_per_client, per_client, peak, "client")}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ per-backend choice). When that is the vmap strategy, it is compared with
 the same round run as a plain Python loop of one jitted per-client update:
 `loop_seconds_per_round` and `speedup_over_loop_strategy` (loop seconds /
 vmap seconds). A round that already is the loop has no comparison.
+
+Efficiency (benchmarks/flops.py): `flops_per_round` (the useful forward and
+backward FLOPs of every trained example), `flops_per_s`, the backend's
+`peak_flops_per_s` measured in this process by a float32 matmul, and
+`fraction_of_peak`; `xla_over_analytic` is XLA's FLOP count of one compiled
+gradient step over the analytic count (a cross-check: near 1).
 """
 
 import os
@@ -15,6 +21,9 @@ import sys
 
 if __package__ in (None, ""):  # run as a path (python benchmarks/NAME.py): import from the checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # before anything allocates: jemalloc where installed
+  from fedjax_seq import allocator
+  allocator.reexec_with_jemalloc()
 
 import json
 
@@ -23,7 +32,9 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from benchmarks import flops as flops_lib
 from benchmarks.timing import quiet_logs, time_rounds
+from fedjax_seq import allocator
 from fedjax_seq.core.rounds import make_round
 from fedjax_seq.training import experiment as experiment_lib
 from fedjax_seq.training.train import resolved_choices
@@ -35,6 +46,13 @@ flags.DEFINE_bool("compare_loop", True, "Also time the per-client loop (vmap str
 flags.mark_flags_as_required(["config"])
 
 
+def cross_check(config, exp) -> float:
+  """XLA's FLOPs of one gradient step of a full batch over the analytic count."""
+  shape = (config.client.batch_size,) + tuple(exp.data.images.shape[1:])
+  analytic = shape[0] * flops_lib.train_flops_per_example(exp.model, exp.init_params, shape[1:])
+  return flops_lib.xla_step_flops(exp.model, exp.init_params, shape) / analytic
+
+
 def main(argv):
   del argv
   quiet_logs()
@@ -43,15 +61,19 @@ def main(argv):
   # Rounds donate their input state, which may hold the initial parameters themselves.
   init = lambda: exp.algorithm.init(jax.tree.map(jnp.copy, exp.init_params))
   _, clients, examples = experiment_lib.round_workload(config, exp)
+  peak = flops_lib.peak_flops_per_s()
   compile_s, steady = time_rounds(exp.round_fn, init(), exp.data, config.seed, FLAGS.rounds)
   out = {
       "algorithm": config.algorithm.name, "model": config.model.name,
       "dataset": config.data.name, "backend": jax.default_backend(),
       "device": jax.devices()[0].device_kind, **resolved_choices(config, exp),
+      "allocator": allocator.active(),
       "clients_per_round": round(clients, 1),
       "examples_per_round": round(examples, 1),
       "seconds_per_round": round(steady, 4),
       "examples_per_sec": round(examples / steady, 1), "compile_s": round(compile_s, 2),
+      **flops_lib.efficiency(flops_lib.round_flops(config, exp, examples), steady, peak),
+      "xla_over_analytic": round(cross_check(config, exp), 4),
   }
   if FLAGS.compare_loop and exp.strategy != "loop":
     _, loop_s = time_rounds(make_round(exp.algorithm, "loop"), init(), exp.data, config.seed,

@@ -817,4 +817,9 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
+  from fedjax_seq import allocator  # pylint: disable=ungrouped-imports
+  try:
+    allocator.reexec_with_jemalloc()  # see fedjax_seq/allocator.py
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   _main()

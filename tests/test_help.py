@@ -85,11 +85,13 @@ def test_missing_flags_are_one_line():
   assert "--config is required" in one_error_line(run("main.py", "--workdir=/tmp/x"))
 
 
-@pytest.mark.parametrize("script", ["throughput", "scaling", "formation"])
-def test_benchmark_scripts_run_by_path(script):
+@pytest.mark.parametrize("script,flag", [("throughput", "--config"), ("scaling", "--config"),
+                                         ("formation", "--config"), ("accelerator", "--tiny"),
+                                         ("torch_loop", "--ours")])
+def test_benchmark_scripts_run_by_path(script, flag):
   proc = run(f"benchmarks/{script}.py", "--help")
   assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr
-  assert "--config" in proc.stdout  # absl's flag listing (absl exits 1 after --help)
+  assert flag in proc.stdout  # absl's flag listing (absl exits 1 after --help)
 
 
 def test_throughput_by_path_is_quiet_and_names_what_it_compares():
@@ -107,3 +109,15 @@ def test_throughput_by_path_is_quiet_and_names_what_it_compares():
   assert vmap["speedup_over_loop_strategy"] == pytest.approx(
       vmap["loop_seconds_per_round"] / vmap["seconds_per_round"], rel=0.02)
   assert vmap["participants_per_round"] == 2 and vmap["participants"] == "clients"
+  # 2 clients x 40 images; MLP 3072-200-200-10: forward, weight and input gradients
+  # (none for the first layer's input), 2 FLOPs per multiply-add.
+  macs = [3072 * 200, 200 * 200, 200 * 10]
+  per_example = 4 * sum(macs) + 2 * sum(macs[1:])
+  for out in outs.values():
+    assert out["flops_per_round"] == 80 * per_example
+    # seconds_per_round is rounded to 0.1 ms in the JSON: 0.5% of a 10 ms round
+    assert out["flops_per_s"] == pytest.approx(out["flops_per_round"] / out["seconds_per_round"],
+                                               rel=0.01)
+    assert out["fraction_of_peak"] == pytest.approx(out["flops_per_s"] / out["peak_flops_per_s"],
+                                                    rel=1e-3)
+    assert 1.0 <= out["xla_over_analytic"] < 1.03

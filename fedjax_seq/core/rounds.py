@@ -173,6 +173,9 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
     chain = None if alg.chain is None else jax.jit(alg.chain)
 
     def round_fn(state, data, key):
+      # Host (NumPy) leaves, e.g. a fresh state's K-row zeros, would otherwise be copied to
+      # the device again by every participant's call (60 s of SCAFFOLD's first round).
+      state = jax.device_put(state)
       cohort, k_train = begin(state, key)
       n = jax.tree.leaves(cohort)[0].shape[0]
       on, start = chain(state) if chain is not None else (False, None)

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 import fedjax_seq
+from fedjax_seq import allocator
 from fedjax_seq.core import engine
 from fedjax_seq.core.sharding import localize
 from fedjax_seq.errors import UserError
@@ -235,7 +236,7 @@ def run_info(config, exp, start: int) -> dict:
       "device_count": len(devices), "process_count": jax.process_count(),
       "versions": {"fedjax_seq": fedjax_seq.__version__,
                    **{p: _version(p) for p in ("jax", "jaxlib", "flax", "optax")}},
-      "git_commit": _git_commit(),
+      "git_commit": _git_commit(), "allocator": allocator.active(),
   }
 
 
