@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from fedjax_seq import allocator
 
@@ -16,7 +15,7 @@ SMALL = ["--config.data.name=synthetic", "--config.data.synthetic.train_size=400
 
 
 def main_py(workdir, **env):
-  return subprocess.run([sys.executable, "main.py", "--config=configs/scaffold.py",
+  return subprocess.run([sys.executable, "main.py", "--config=configs/fedavg.py",
                          f"--workdir={workdir}", *SMALL], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env={**os.environ, **env})
 
