@@ -65,6 +65,7 @@ def fedavg_accuracy(tmp_path_factory):
   return last_three_mean(tmp_path_factory.mktemp("fedavg"), "fedavg")
 
 
+@pytest.mark.xdist_group("fashion_mnist_pathological")  # one worker: FedAvg's run once
 @pytest.mark.parametrize("algorithm,margin", [("fedseq", 0.04), ("scaffold", 0.02),
                                               ("feddyn", 0.02)])
 def test_beats_fedavg_on_pathological_split(tmp_path, fedavg_accuracy, algorithm, margin):
