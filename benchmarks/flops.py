@@ -90,7 +90,7 @@ def xla_step_flops(model: nn.Module, params, batch_shape: tuple[int, ...]) -> fl
   return float(analysis.get("flops", float("nan")))
 
 
-def peak_flops_per_s(dtype: Any = jnp.float32, n: int = 2048, repeats: int = 5) -> float:
+def peak_flops_per_s(dtype: Any = jnp.float32, n: int = 2048, repeats: int = 20) -> float:
   """The best achieved FLOP/s of an n x n x n matmul on the default device."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
