@@ -7,8 +7,9 @@ page faults in one paper round, sys time ~40% of user time); raising glibc's
 mmap threshold or disabling mmap through `mallopt` did not help (measured).
 jemalloc with `retain` and no decay keeps the memory mapped and reuses it:
 the paper's FedAvg round runs 1.2-1.4x faster (benchmarks/RESULTS.md). An
-allocator must be chosen before the process starts, so `main.py`, the study,
-the sweep and the CPU benchmarks call `reexec_with_jemalloc()` first thing:
+allocator must be chosen before the process starts, so `main.py`, the study
+and the benchmarks call `reexec_with_jemalloc()` first thing (a sweep's runs
+are `main.py` commands):
 where `libjemalloc.so.2` is installed (Debian/Ubuntu: `libjemalloc2`) and
 not yet loaded, the same command is executed again with it preloaded. The
 numbers do not change (the allocator decides where buffers live, not what
