@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import reference as ref
 from configs import default
 from fedjax_seq.errors import UserError
 from fedjax_seq.training.train import train_and_evaluate
@@ -23,13 +24,7 @@ def small_config(**overrides):
   c.model.name = "mlp"
   c.rounds = 2
   c.eval_every = 1
-  for path, value in overrides.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return ref.override(c, overrides)
 
 
 @pytest.mark.parametrize("overrides,message", [
