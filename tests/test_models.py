@@ -43,3 +43,35 @@ def test_mlp_is_2nn():
 def test_unknown_model_lists_valid_names():
   with pytest.raises(UserError, match="lenet, mlp"):
     get_model("resnet", 10)
+
+
+def _plain_patch_matmul(patches, kernel, swapped):
+  del swapped
+  return jnp.dot(patches, kernel)  # the formulation before the custom VJP
+
+
+def _fedavg_round_bytes(height, channels):
+  """Server parameters after one paper-shaped FedAvg round (LeNet, B = 64, 100-image clients)."""
+  from configs import fedavg
+  from fedjax_seq.training import experiment
+  c = fedavg.get_config()
+  c.data.name, c.data.num_clients, c.model.conv_impl = "synthetic", 2, "im2col"
+  c.data.exemplars_per_class = 0
+  c.data.synthetic.update(train_size=200, test_size=20, height=height, width=height,
+                          channels=channels)
+  c.client.fraction = 1.0
+  exp = experiment.build(c)
+  state, _ = exp.round_fn(exp.algorithm.init(exp.init_params), exp.data,
+                          experiment.round_key(0, 1))
+  return [np.asarray(p).tobytes() for p in jax.tree.leaves(state.params)]
+
+
+@pytest.mark.parametrize("height,channels", [(32, 3), (28, 1)])
+def test_im2col_gradient_is_plain_autodiff_bit_for_bit(height, channels, monkeypatch):
+  """The custom VJP only reschedules XLA; a paper-shaped round's bytes are unchanged."""
+  from fedjax_seq.models import layers
+  assert layers.SWAPPED_KERNEL_GRAD_MIN_WIDTH <= 5 * 5 * 64  # conv2 takes the swapped form
+  got = _fedavg_round_bytes(height, channels)
+  monkeypatch.setattr(layers, "patch_matmul", _plain_patch_matmul)
+  want = _fedavg_round_bytes(height, channels)
+  assert len(got) == 10 and got == want

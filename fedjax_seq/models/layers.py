@@ -8,8 +8,16 @@ the original implementation.
 im2col matmul (concatenate the kh*kw shifted views, one matmul). Both use the
 same parameters, so the choice is a per-backend speed decision only: XLA:CPU
 runs the im2col form (and its gradient) much faster than its convolution.
+
+The im2col matmul has its own VJP only to steer how XLA:CPU lays out the
+kernel gradient; its numbers are those of plain autodiff, bit for bit
+(tests/test_models.py checks the paper's shapes). Left to itself, XLA fuses the
+ReLU/pooling backward into a transposing copy of the output gradient, which ran
+at a fraction of memory speed (18 ms of a 85 ms LeNet step on the 2-core CPU),
+and multiplies a transposed 41 MB patch matrix (13 ms). See benchmarks/RESULTS.md.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +50,42 @@ class Dense(nn.Module):
     return y.astype(jnp.float32) + bias
 
 
+# Patch widths from which the kernel gradient is computed as (g^T patches)^T:
+# XLA:CPU's matmul then reads the patches in their stored layout. That product
+# sums in the same order as autodiff's patches^T g wherever the two orientations
+# are blocked alike, which held on every measured shape of width >= 400 (LeNet's
+# conv2: 1,600) and failed for conv1's 75 at the paper's batch of 64.
+SWAPPED_KERNEL_GRAD_MIN_WIDTH = 400
+_ROWS = (((0,), (0,)), ((), ()))  # dot_general: contract the rows of both
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def patch_matmul(patches: jax.Array, kernel: jax.Array, swapped: bool) -> jax.Array:
+  """patches @ kernel; the VJP below only changes how XLA schedules it."""
+  return jnp.dot(patches, kernel)
+
+
+def _patch_matmul_fwd(patches, kernel, swapped):
+  return jnp.dot(patches, kernel), (patches, kernel)
+
+
+def _patch_matmul_bwd(swapped, residuals, g):
+  patches, kernel = residuals
+  d_patches = jax.vjp(lambda p: jnp.dot(p, kernel), patches)[1](g)[0]  # autodiff's own
+  p2 = patches.reshape(-1, patches.shape[-1])
+  g2 = g.reshape(-1, g.shape[-1])
+  # The barriers keep XLA from fusing the producer of g into a transposing
+  # copy and from folding the final transpose back into the product.
+  if swapped:
+    d_kernel = jax.lax.optimization_barrier(jax.lax.dot_general(g2, p2, _ROWS)).T
+  else:
+    d_kernel = jax.lax.dot_general(p2, jax.lax.optimization_barrier(g2), _ROWS)
+  return d_patches, d_kernel.astype(kernel.dtype)
+
+
+patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+
+
 class Conv(nn.Module):
   """VALID stride-1 convolution, NHWC, kernel (kh, kw, cin, cout)."""
   features: int
@@ -60,7 +104,9 @@ class Conv(nn.Module):
       ho, wo = x.shape[1] - k + 1, x.shape[2] - k + 1
       patches = jnp.concatenate(
           [x[:, i:i + ho, j:j + wo, :] for i in range(k) for j in range(k)], axis=-1)
-      y = jnp.dot(patches, w.reshape(k * k * cin, self.features))
+      width = k * k * cin
+      y = patch_matmul(patches, w.reshape(width, self.features),
+                       width >= SWAPPED_KERNEL_GRAD_MIN_WIDTH)
     elif self.impl == "xla":
       y = jax.lax.conv_general_dilated(
           x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
