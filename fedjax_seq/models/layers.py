@@ -12,9 +12,10 @@ runs the im2col form (and its gradient) much faster than its convolution.
 The im2col matmul has its own VJP only to steer how XLA:CPU lays out the
 kernel gradient; its numbers are those of plain autodiff, bit for bit
 (tests/test_models.py checks the paper's shapes). Left to itself, XLA fuses the
-ReLU/pooling backward into a transposing copy of the output gradient, which ran
-at a fraction of memory speed (18 ms of a 85 ms LeNet step on the 2-core CPU),
-and multiplies a transposed 41 MB patch matrix (13 ms). See benchmarks/RESULTS.md.
+ReLU/pooling backward into a transposing copy of the output gradient and
+multiplies conv2's 41 MB patch matrix transposed (13 ms, against 8 ms for the
+same product swapped, on the 2-core CPU); the paper's round runs 1.2x faster
+rescheduled (benchmarks/RESULTS.md).
 """
 
 import functools
@@ -53,8 +54,10 @@ class Dense(nn.Module):
 # Patch widths from which the kernel gradient is computed as (g^T patches)^T:
 # XLA:CPU's matmul then reads the patches in their stored layout. That product
 # sums in the same order as autodiff's patches^T g wherever the two orientations
-# are blocked alike, which held on every measured shape of width >= 400 (LeNet's
-# conv2: 1,600) and failed for conv1's 75 at the paper's batch of 64.
+# are blocked and split across threads alike, which held on every measured shape
+# of width >= 400 (LeNet's conv2: 1,600) at one and two threads, and failed for
+# conv1's 75 at the paper's batch of 64 on two threads (its long contraction is
+# split differently). tests/test_models.py checks it on the machine that runs it.
 SWAPPED_KERNEL_GRAD_MIN_WIDTH = 400
 _ROWS = (((0,), (0,)), ((), ()))  # dot_general: contract the rows of both
 
