@@ -50,7 +50,7 @@ def _plain_patch_matmul(patches, kernel, swapped):
   return jnp.dot(patches, kernel)  # the formulation before the custom VJP
 
 
-def _fedavg_round_bytes(height, channels):
+def _fedavg_round_bytes(height, channels, strategy):
   """Server parameters after one paper-shaped FedAvg round (LeNet, B = 64, 100-image clients)."""
   from configs import fedavg
   from fedjax_seq.training import experiment
@@ -59,19 +59,20 @@ def _fedavg_round_bytes(height, channels):
   c.data.exemplars_per_class = 0
   c.data.synthetic.update(train_size=200, test_size=20, height=height, width=height,
                           channels=channels)
-  c.client.fraction = 1.0
+  c.client.fraction, c.engine.strategy = 1.0, strategy
   exp = experiment.build(c)
   state, _ = exp.round_fn(exp.algorithm.init(exp.init_params), exp.data,
                           experiment.round_key(0, 1))
   return [np.asarray(p).tobytes() for p in jax.tree.leaves(state.params)]
 
 
-@pytest.mark.parametrize("height,channels", [(32, 3), (28, 1)])
-def test_im2col_gradient_is_plain_autodiff_bit_for_bit(height, channels, monkeypatch):
+@pytest.mark.parametrize("height,channels,strategy",
+                         [(32, 3, "loop"), (28, 1, "loop"), (28, 1, "vmap")])
+def test_im2col_gradient_is_plain_autodiff_bit_for_bit(height, channels, strategy, monkeypatch):
   """The custom VJP only reschedules XLA; a paper-shaped round's bytes are unchanged."""
   from fedjax_seq.models import layers
   assert layers.SWAPPED_KERNEL_GRAD_MIN_WIDTH <= 5 * 5 * 64  # conv2 takes the swapped form
-  got = _fedavg_round_bytes(height, channels)
+  got = _fedavg_round_bytes(height, channels, strategy)
   monkeypatch.setattr(layers, "patch_matmul", _plain_patch_matmul)
-  want = _fedavg_round_bytes(height, channels)
+  want = _fedavg_round_bytes(height, channels, strategy)
   assert len(got) == 10 and got == want
