@@ -68,11 +68,11 @@ def patch_matmul(patches: jax.Array, kernel: jax.Array, swapped: bool) -> jax.Ar
   return jnp.dot(patches, kernel)
 
 
-def _patch_matmul_fwd(patches, kernel, swapped):
+def _patch_matmul_fwd(patches: jax.Array, kernel: jax.Array, swapped: bool):
   return jnp.dot(patches, kernel), (patches, kernel)
 
 
-def _patch_matmul_bwd(swapped, residuals, g):
+def _patch_matmul_bwd(swapped: bool, residuals: tuple[jax.Array, jax.Array], g: jax.Array):
   patches, kernel = residuals
   d_patches = jax.vjp(lambda p: jnp.dot(p, kernel), patches)[1](g)[0]  # autodiff's own
   p2 = patches.reshape(-1, patches.shape[-1])
