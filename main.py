@@ -173,8 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  try:
-    allocator.reexec_with_jemalloc()
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  allocator.reexec_or_exit()
   app.run(main, flags_parser=parse_flags)

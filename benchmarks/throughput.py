@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a path (python benchmarks/NAME.py): impo
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if __name__ == "__main__":  # before anything allocates: jemalloc where installed
   from fedjax_seq import allocator
-  allocator.reexec_with_jemalloc()
+  allocator.reexec_or_exit()
 
 import json
 

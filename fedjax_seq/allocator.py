@@ -8,10 +8,10 @@ mmap threshold or disabling mmap through `mallopt` did not help (measured).
 jemalloc with `retain` and no decay keeps the memory mapped and reuses it:
 the paper's FedAvg round runs 1.2-1.4x faster (benchmarks/RESULTS.md). An
 allocator must be chosen before the process starts, so `main.py`, the study
-and the benchmarks call `reexec_with_jemalloc()` first thing (a sweep's runs
-are `main.py` commands):
-where `libjemalloc.so.2` is installed (Debian/Ubuntu: `libjemalloc2`) and
-not yet loaded, the same command is executed again with it preloaded. The
+and the benchmarks call `reexec_or_exit()` first thing (a sweep's runs are
+`main.py` commands): where `libjemalloc.so.2` is installed (Debian/Ubuntu:
+`libjemalloc2`) and not yet loaded, the same command is executed again with
+it preloaded. The
 numbers do not change (the allocator decides where buffers live, not what
 they hold). `FEDJAX_SEQ_ALLOCATOR=system` keeps the system allocator.
 
@@ -67,3 +67,11 @@ def reexec_with_jemalloc() -> None:
   sys.stderr.flush()
   # orig_argv keeps `-m package.module` and interpreter options as they were given.
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+def reexec_or_exit() -> None:
+  """`reexec_with_jemalloc()` for a command's first line: a bad setting exits with one line."""
+  try:
+    reexec_with_jemalloc()
+  except ValueError as e:
+    sys.exit(f"error: {e}")

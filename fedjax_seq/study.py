@@ -422,7 +422,7 @@ def to_markdown(rows: list[dict]) -> str:
 def _markdown_report(study: dict) -> str:
   s = study
   rand = next(r for r in s["combinations"] if r["name"] == "random")
-  out = [f"# Superclient formation study\n",
+  out = ["# Superclient formation study\n",
          f"{s['dataset']}, K = {s['num_clients']} clients, alpha = {s['config']['data']['alpha']}, "
          f"min_examples = {s['config']['fedseq']['min_examples']}, max_clients = "
          f"{s['config']['fedseq']['max_clients']}, evaluator {s['config']['fedseq']['evaluator_model']}, "
@@ -608,7 +608,7 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
 
   # ---- groupings.
   t0 = time.time()
-  rows, infos = [], {}
+  rows = []
   num_classes = ds.num_classes
 
   def group(reps, method, measure):
@@ -818,8 +818,5 @@ def _main() -> None:
 
 if __name__ == "__main__":
   from fedjax_seq import allocator  # pylint: disable=ungrouped-imports
-  try:
-    allocator.reexec_with_jemalloc()  # see fedjax_seq/allocator.py
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  allocator.reexec_or_exit()  # see fedjax_seq/allocator.py
   _main()
