@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from benchmarks import flops as flops_lib
 from benchmarks.timing import quiet_logs
 from fedjax_seq.data.federated import Preprocess, make_fed_data
-from fedjax_seq.models import get_model
+from fedjax_seq.models import get_model, initialize
 from fedjax_seq.superclients import formation
 from fedjax_seq.training import experiment as experiment_lib
 
@@ -54,7 +54,7 @@ def main(argv):
   model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl)
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
   trainer = experiment_lib.make_trainer(config, model, preprocess, f.pretrain_epochs)
-  init = model.init(jax.random.key(0), ds.train_images[:1].astype(np.float32))
+  init = initialize(model, jax.random.key(0), ds.train_images)
   shape = ds.train_images.shape[1:]
   flops_per_client = (
       f.pretrain_epochs * np.mean([len(c) for c in clients])

@@ -476,7 +476,7 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   import jax  # pylint: disable=import-outside-toplevel
   from fedjax_seq.core import engine  # pylint: disable=import-outside-toplevel
   from fedjax_seq.data.federated import Preprocess, make_fed_data  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.models import get_model  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.models import get_model, initialize  # pylint: disable=import-outside-toplevel
   from fedjax_seq.superclients import formation  # pylint: disable=import-outside-toplevel
   from fedjax_seq.training import experiment  # pylint: disable=import-outside-toplevel
 
@@ -554,7 +554,7 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
     model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl,
                       compute_dtype=config.model.compute_dtype)
     k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-    init = model.init(k_init, ds.train_images[:1].astype(np.float32))
+    init = initialize(model, k_init, ds.train_images)
     paths, treedef = jax.tree_util.tree_flatten_with_path(init)
     leaf_names = [jax.tree_util.keystr(p) for p, _ in paths]
     data = make_fed_data(ds.train_images, ds.train_labels, clients)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedjax_seq.errors import UserError
-from fedjax_seq.models import get_model
+from fedjax_seq.models import get_model, initialize
 
 
 @pytest.mark.parametrize("shape,fc1_in", [((3, 32, 32, 3), 1600), ((3, 28, 28, 1), 1024)])
@@ -38,6 +38,19 @@ def test_mlp_is_2nn():
   params = get_model("mlp", 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   shapes = {k: v["kernel"].shape for k, v in params["params"].items()}
   assert shapes == {"fc1": (784, 200), "fc2": (200, 200), "fc3": (200, 10)}
+
+
+@pytest.mark.parametrize("name,shape", [("lenet", (5, 32, 32, 3)), ("lenet", (5, 28, 28, 1)),
+                                        ("mlp", (5, 28, 28, 1)), ("mlp", (5, 32, 32, 3))])
+def test_jitted_init_is_the_eager_init_bit_for_bit(name, shape):
+  images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  for seed in range(3):
+    key = jax.random.split(jax.random.key(seed))[0]
+    model = get_model(name, 10)
+    eager, jitted = model.init(key, images[:1].astype(np.float32)), initialize(model, key, images)
+    assert jax.tree.structure(eager) == jax.tree.structure(jitted)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+      assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
 def test_unknown_model_lists_valid_names():

@@ -3,7 +3,6 @@ metrics files and heatmap sizes, on fake workdirs with known numbers."""
 
 import csv
 import io
-import json
 import math
 
 import pytest

@@ -16,7 +16,7 @@ metrics)` with one of two strategies:
   loop  sampling and aggregation jitted, participants run one after another
         through one jitted update; faster on XLA:CPU (benchmarks/RESULTS.md).
 
-Both give the same numbers (tests/test_rounds.py).
+Both give the same numbers (tests/test_fedavg.py and the tests of each family).
 """
 
 import functools
@@ -164,11 +164,26 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
   if strategy == "loop":
 
     @jax.jit
-    def begin(state, key):
+    def begin(state, data, key):
+      """The cohort, the training key and zeroed rows for the participants' outputs."""
       k_sample, k_train = round_keys(key)
-      return alg.sample(state, k_sample), k_train
+      cohort = alg.sample(state, k_sample)
+      member = jax.tree.map(lambda x: x[0], cohort)
+      shapes = jax.eval_shape(alg.participant_update, state, data, member, k_train)
+      n = jax.tree.leaves(cohort)[0].shape[0]
+      return cohort, k_train, jax.tree.map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), shapes)
 
-    update = jax.jit(alg.participant_update)
+    @functools.partial(jax.jit, donate_argnums=0)
+    def update_into(outs, i, state, data, cohort, key, **start):
+      """Participant i's update, written in place into row i of the cohort's outputs.
+
+      Stacking the outputs afterwards instead copied every participant's model
+      (and per-client rows) once more: a quarter of an MLP round on the CPU.
+      """
+      out = alg.participant_update(state, data, jax.tree.map(lambda x: x[i], cohort), key,
+                                   **start)
+      return jax.tree.map(lambda rows, o: rows.at[i].set(o), outs, out)
+
     aggregate = jax.jit(alg.aggregate, donate_argnums=0)
     chain = None if alg.chain is None else jax.jit(alg.chain)
 
@@ -176,18 +191,16 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
       # Host (NumPy) leaves, e.g. a fresh state's K-row zeros, would otherwise be copied to
       # the device again by every participant's call (60 s of SCAFFOLD's first round).
       state = jax.device_put(state)
-      cohort, k_train = begin(state, key)
-      n = jax.tree.leaves(cohort)[0].shape[0]
+      cohort, k_train, outs = begin(state, data, key)
       on, start = chain(state) if chain is not None else (False, None)
-      outs = []
-      for i in range(n):
-        member = jax.tree.map(lambda x: x[i], cohort)
-        if bool(on):  # one host sync per round, only for algorithms that may chain
-          outs.append(update(state, data, member, k_train, start=start))
-          start = outs[-1].params
+      chained = bool(on)  # one host sync per round, only for algorithms that may chain
+      for i in range(jax.tree.leaves(cohort)[0].shape[0]):
+        if chained:
+          outs = update_into(outs, i, state, data, cohort, k_train, start=start)
+          start = jax.tree.map(lambda rows: rows[i], outs.params)
         else:
-          outs.append(update(state, data, member, k_train))
-      return aggregate(state, cohort, jax.tree.map(lambda *x: jnp.stack(x), *outs))
+          outs = update_into(outs, i, state, data, cohort, k_train)
+      return aggregate(state, cohort, outs)
 
     return round_fn
 

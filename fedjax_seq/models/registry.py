@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_seq.errors import UserError
 from fedjax_seq.models.lenet import LeNet, MLP
@@ -12,6 +13,15 @@ MODELS = ("lenet", "mlp")
 def default_conv_impl(backend: str) -> str:
   """im2col on CPU (XLA:CPU's conv backward is slow), lax.conv elsewhere."""
   return "im2col" if backend == "cpu" else "xla"
+
+
+def initialize(model, key: jax.Array, images: np.ndarray):
+  """`model.init` on one example, jitted: one compile instead of one per initialiser.
+
+  Eagerly, every weight's uniform draw compiled a program of its own (~1 s at
+  a command's start); the jitted init gives the same bits (tests/test_models.py).
+  """
+  return jax.jit(model.init)(key, np.asarray(images[:1], np.float32))
 
 
 def uses_lax_conv(model) -> bool:

@@ -26,7 +26,7 @@ from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
 from fedjax_seq.errors import UserError
-from fedjax_seq.models import MODELS, get_model, uses_lax_conv
+from fedjax_seq.models import MODELS, get_model, initialize, uses_lax_conv
 from fedjax_seq.superclients import formation, grouping
 from fedjax_seq.training.evaluate import make_evaluator
 
@@ -260,7 +260,7 @@ def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exem
                       compute_dtype=config.model.compute_dtype)
     trainer = make_trainer(config, model, preprocess, f.pretrain_epochs)
     k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-    init = model.init(k_init, ds.train_images[:1].astype(np.float32))
+    init = initialize(model, k_init, ds.train_images)
 
     def progress(done, total):
       if stream is not None:
@@ -354,7 +354,7 @@ def build(config, stream=None, superclients=None) -> Experiment:
     superclients = fedseq_lib.make_superclients(groups, np.asarray(data.client_sizes))
   algorithm = build_algorithm(config, trainer, data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
-  init_params = model.init(k_init, ds.train_images[:1].astype(np.float32))
+  init_params = initialize(model, k_init, ds.train_images)
   if (config.algorithm.name == "centralized"
       and hyperparameters(config, "centralized")["variant"] == "original"):
     kept = np.arange(len(ds.test_labels))  # the original's centralized run tests on all of it
