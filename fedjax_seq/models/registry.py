@@ -1,5 +1,7 @@
 """Builds a model from `config.model.name`."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,13 +17,19 @@ def default_conv_impl(backend: str) -> str:
   return "im2col" if backend == "cpu" else "xla"
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, key: jax.Array, example: jax.Array):
+  return model.init(key, example)
+
+
 def initialize(model, key: jax.Array, images: np.ndarray):
   """`model.init` on one example, jitted: one compile instead of one per initialiser.
 
   Eagerly, every weight's uniform draw compiled a program of its own (~1 s at
   a command's start); the jitted init gives the same bits (tests/test_models.py).
+  Equal modules share the compiled init (modules compare by their fields).
   """
-  return jax.jit(model.init)(key, np.asarray(images[:1], np.float32))
+  return _init(model, key, np.asarray(images[:1], np.float32))
 
 
 def uses_lax_conv(model) -> bool:
