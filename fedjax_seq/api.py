@@ -47,11 +47,11 @@ def default_config() -> ml_collections.ConfigDict:
       c.algorithm[name] = ml_collections.ConfigDict(dict(entry.hyperparameters))
 
   c.server = ml_collections.ConfigDict()  # the server's step (fedjax_seq/core/server.py)
-  c.server.optimizer = "sgd"   # sgd | momentum (FedAvgM) | adam | yogi | adagrad (Reddi et al.)
+  c.server.optimizer = "sgd"   # sgd | momentum (FedAvgM) | adam | yogi | adagrad (FedOpt, ICLR 2021)
   c.server.lr = 1.0            # server lr; sgd with lr 1 takes the average as is (FedAvg)
   c.server.momentum = 0.9      # momentum: FedAvgM's beta
-  c.server.b1 = 0.9            # adam | yogi | adagrad: first-moment decay (Reddi et al.: 0.9)
-  c.server.b2 = 0.99           # adam | yogi: second-moment decay (Reddi et al.: 0.99)
+  c.server.b1 = 0.9            # adam | yogi | adagrad: first-moment decay (that paper: 0.9)
+  c.server.b2 = 0.99           # adam | yogi: second-moment decay (that paper: 0.99)
   c.server.eps = 1e-3          # adam | yogi | adagrad: adaptivity tau, added to sqrt(v)
 
   c.data = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""FedNova (Wang et al., NeurIPS 2020) with plain local SGD, added as a client rule.
+"""FedNova (NeurIPS 2020) with plain local SGD, added as a client rule.
 
 Run: python main.py --config=tests/fednova_example.py --workdir=runs/fednova
 """

@@ -3,15 +3,11 @@
 FedSeq+SCAFFOLD and FedSeqInter+SCAFFOLD (each member its own c_i and the
 server's c, c_i refreshed at the model the member received, the server's c
 over the members that trained), SCAFFOLD's option II, the four server
-optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad; Reddi et al.'s
+optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad; Adaptive Federated Optimization's
 Algorithm 2) on FedAvg, FedSeq, FedSeqInter and after FedDyn's correction,
 their exact resume, and the equalities between formulations.
 """
 
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -57,7 +53,7 @@ class NumpyServer:
     out, m, v = [], [], []
     for xi, pi, mi, vi in zip(x, proposal, self.m, self.v):
       d = pi - xi
-      if self.name == "momentum":  # FedAvgM (Hsu et al.): v <- beta v + g, x <- x - lr v, g = -d
+      if self.name == "momentum":  # FedAvgM: v <- beta v + g, x <- x - lr v, g = -d
         mi = OPT["momentum"] * mi - d
         out.append(xi - OPT["lr"] * mi)
       else:
@@ -308,31 +304,7 @@ def test_constructors_refuse_bad_values_with_plain_messages():
   feddyn(trainer(), K, 0.5)  # uniform weighting, as FedDyn's server update
 
 
-# --- through main.py and the training loop ----------------------------------------------
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FEDSEQ_SMALL = ("--config.fedseq.evaluator_model=mlp", "--config.fedseq.pretrain_epochs=1",
-                "--config.fedseq.min_examples=100", "--config.fedseq.max_clients=4")
-
-
-@pytest.mark.parametrize("config,optimizer,lr", [
-    ("fedavg", "momentum", 1.0), ("fedavg", "adam", 0.03), ("fedseq", "yogi", 0.03),
-    ("fedseq_inter_scaffold", "adagrad", 0.03)])
-def test_main_runs_each_server_optimizer(tmp_path, config, optimizer, lr):
-  """IID synthetic clients, 4 rounds: 0.45-0.53 test accuracy measured (chance 0.1)."""
-  workdir = tmp_path / "run"
-  extra = FEDSEQ_SMALL if config.startswith("fedseq") else ()
-  proc = subprocess.run(
-      [sys.executable, "main.py", f"--config=configs/{config}.py", f"--workdir={workdir}", *extra,
-       "--config.data.name=synthetic", "--config.model.name=mlp",
-       "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
-       "--config.data.iid=True", "--config.client.lr=0.1", "--config.client.batch_size=10",
-       "--config.rounds=4", "--config.eval_every=2", f"--config.server.optimizer={optimizer}",
-       f"--config.server.lr={lr}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert records[-1]["test_accuracy"] >= 0.3 and records[-1]["test_loss"] < records[0]["test_loss"]
-  assert json.loads((workdir / "config.json").read_text())["server"]["optimizer"] == optimizer
+# --- through the training loop (each server optimizer runs through main.py in test_cli.py) ---
 
 
 def small_config(algorithm, **overrides):
@@ -352,7 +324,9 @@ def small_config(algorithm, **overrides):
 def test_server_optimizer_run_resumes_exactly(tmp_path):
   """A FedSeq+SCAFFOLD run with FedAdam stopped after round 2 and resumed to round 4 equals
   an uninterrupted 4-round run: metrics and the whole checkpointed state, Adam's included."""
-  c = small_config("fedseq_scaffold", **{"server.optimizer": "adam", "server.lr": 0.03})
+  # Random grouping: formation (client pre-training) is not what this test is about.
+  c = small_config("fedseq_scaffold", **{"server.optimizer": "adam", "server.lr": 0.03,
+                                        "fedseq.grouping": "random"})
   c.rounds = 4
   a = train_and_evaluate(c, str(tmp_path / "a"))
   c.rounds = 2

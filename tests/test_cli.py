@@ -72,25 +72,29 @@ FEDSEQ_SMALL = ("--config.fedseq.evaluator_model=mlp", "--config.fedseq.pretrain
 
 
 # Each building block through main.py once: a weighting, each client rule, a chain with a
-# stateful rule, the bank with a rule, the pooled baseline (fedavg, fedseq and
-# fedseq_inter_scaffold run through main.py in tests/test_algebra.py). main.py's path is the
-# same for every algorithm; every config's numbers are pinned in-process, a few rounds each
-# with both strategies, by tests/test_bit_identity.py.
-THROUGH_MAIN = ("fairavg", "fedprox", "feddyn", "scaffold", "fedseq_dyn", "fedseq_inter_prox",
-                "centralized")
+# stateful rule, the bank with a rule, the pooled baseline, and each server optimizer (FedAvgM,
+# FedAdam, FedYogi, FedAdagrad) on a family. main.py's path is the same for every algorithm;
+# every config's numbers are pinned in-process, a few rounds each with both strategies, by
+# tests/test_bit_identity.py, and the server optimizers against NumPy by tests/test_algebra.py.
+THROUGH_MAIN = {  # config: (server optimizer, server lr)
+    "fairavg": ("momentum", 1.0), "fedprox": ("adam", 0.03), "feddyn": ("sgd", 1.0),
+    "scaffold": ("sgd", 1.0), "fedseq_dyn": ("yogi", 0.03), "fedseq_inter_prox": ("sgd", 1.0),
+    "fedseq_inter_scaffold": ("adagrad", 0.03), "centralized": ("sgd", 1.0)}
 
 
 @pytest.mark.parametrize("config", THROUGH_MAIN)
 def test_main_runs_learns_and_writes_metrics(tmp_path, config):
   workdir = tmp_path / "run"
   extra = FEDSEQ_SMALL if config.startswith("fedseq") else ()
+  optimizer, server_lr = THROUGH_MAIN[config]
   # IID clients, lr 0.1 and batches of 10 (4 local steps per client): every
   # algorithm reaches 0.40-0.59 test accuracy by round 4 (measured), chance is 0.1.
   proc = run_main(f"--config=configs/{config}.py", f"--workdir={workdir}", *extra,
                   "--config.data.name=synthetic", "--config.model.name=mlp",
                   "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
                   "--config.data.iid=True", "--config.client.lr=0.1",
-                  "--config.client.batch_size=10", "--config.rounds=4", "--config.eval_every=2")
+                  "--config.client.batch_size=10", "--config.rounds=4", "--config.eval_every=2",
+                  f"--config.server.optimizer={optimizer}", f"--config.server.lr={server_lr}")
   assert proc.returncode == 0, proc.stderr
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in records] == [2, 4]
@@ -99,7 +103,7 @@ def test_main_runs_learns_and_writes_metrics(tmp_path, config):
   assert all(r["elapsed_s"] > 0 and r["s_per_round"] > 0 for r in records)
   written = json.loads((workdir / "config.json").read_text())
   assert written["rounds"] == 4 and written["data"]["name"] == "synthetic"
-  assert written["algorithm"]["name"] == config
+  assert written["algorithm"]["name"] == config and written["server"]["optimizer"] == optimizer
   assert (workdir / "superclients.json").exists() == config.startswith("fedseq")
   assert "final test accuracy" in proc.stderr
 

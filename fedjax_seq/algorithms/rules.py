@@ -169,7 +169,7 @@ def dyn(alpha: float = 0.1, variant: str = "paper") -> ClientRule:
 
 
 def scaffold(control: str = "gradient") -> ClientRule:
-  """SCAFFOLD's client and server (Karimireddy et al.), with the original's option I by default.
+  """SCAFFOLD's client and server (ICML 2020), with the original's option I by default.
 
   Each client keeps a control c_i, the server a control c (zeros at start).
   Local step: gradient + (c - c_i) (+ weight decay). New c_i from the model

@@ -4,13 +4,13 @@ Each round an algorithm proposes a new server model (the clients' or
 superclients' weighted average, or FedDyn's corrected average). With a server
 optimizer the server treats g = (server params - proposal) as a gradient and
 takes one step of an optax transform on it, as fedjax's
-`fed_avg(..., server_optimizer=...)` and Reddi et al., "Adaptive Federated
-Optimization" (ICLR 2021) do. SGD with lr 1 makes the proposal the new model:
+`fed_avg(..., server_optimizer=...)` and "Adaptive Federated Optimization"
+(ICLR 2021) do. SGD with lr 1 makes the proposal the new model:
 that is FedAvg, and `server_optimizer` returns None for it, so the default
 round takes the proposal as is, bit for bit (x - 1 * (x - a) need not equal a
 in floating point).
 
-The adaptive optimizers follow Reddi et al.'s Algorithm 2, with Delta = -g:
+The adaptive optimizers follow that paper's Algorithm 2, with Delta = -g:
 m <- b1 m + (1 - b1) Delta; v <- v + Delta^2 (FedAdagrad),
 v <- v - (1 - b2) Delta^2 sign(v - Delta^2) (FedYogi),
 v <- b2 v + (1 - b2) Delta^2 (FedAdam); x <- x + lr m / (sqrt(v) + eps),
@@ -29,13 +29,13 @@ ADAPTIVE = ("adam", "yogi", "adagrad")
 
 
 class FedOptState(NamedTuple):
-  """First and second moments of Reddi et al.'s adaptive server optimizers."""
+  """First and second moments of the adaptive server optimizers (see module)."""
   m: Any
   v: Any
 
 
 def scale_by_fedopt(kind: str, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-  """Reddi et al.'s Algorithm 2 direction m / (sqrt(v) + eps) of a pseudo-gradient (see module)."""
+  """Algorithm 2's direction m / (sqrt(v) + eps) of a pseudo-gradient (see module)."""
   if kind not in ADAPTIVE:
     raise ValueError(f"unknown adaptive optimizer {kind!r}; valid: {', '.join(ADAPTIVE)}")
 

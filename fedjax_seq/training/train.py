@@ -272,15 +272,20 @@ def _load_groups(workdir: str) -> tuple[list[np.ndarray], dict] | None:
 
 
 @jax.jit
-def _finite(x: jax.Array) -> jax.Array:
-  return jnp.isfinite(x).all()
+@jax.jit
+def _finite(leaves: list[jax.Array]) -> jax.Array:
+  """One call for all device leaves (eager per-leaf checks cost ~8 ms a leaf)."""
+  return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
 
 
 def _all_finite(tree) -> bool:
   """Checked where each leaf lives: host-resident client state is not copied over,
   and sharded state is reduced across processes before it is read."""
-  return all(bool(np.isfinite(x).all()) if isinstance(x, np.ndarray)
-             else bool(localize(_finite(x))) for x in jax.tree.leaves(tree))
+  leaves = jax.tree.leaves(tree)
+  host = [x for x in leaves if isinstance(x, np.ndarray)]
+  device = [x for x in leaves if not isinstance(x, np.ndarray)]
+  return (all(bool(np.isfinite(x).all()) for x in host)
+          and (not device or bool(localize(_finite(device)))))
 
 
 def _diverged(r: int, first_bad: int | None):
