@@ -11,9 +11,9 @@ allocator must be chosen before the process starts, so `main.py`, the study
 and the benchmarks call `reexec_or_exit()` first thing (a sweep's runs are
 `main.py` commands): where `libjemalloc.so.2` is installed (Debian/Ubuntu:
 `libjemalloc2`) and not yet loaded, the same command is executed again with
-it preloaded. The
-numbers do not change (the allocator decides where buffers live, not what
-they hold). `FEDJAX_SEQ_ALLOCATOR=system` keeps the system allocator.
+it preloaded. The numbers do not change (the allocator decides where
+buffers live, not what they hold). `FEDJAX_SEQ_ALLOCATOR=system` keeps the
+system allocator.
 
 This module imports nothing heavy: it runs before JAX is imported.
 """
