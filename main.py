@@ -35,6 +35,13 @@ usage: python main.py --config=configs/NAME.py --workdir=DIR [--config.FIELD=VAL
 config files (configs/): {configs}
   configs/paper.py takes a preset: --config=configs/paper.py:ALGORITHM,DATASET
 algorithms (--config.algorithm.name=): {algorithms}
+models (--config.model.name=, --config.fedseq.evaluator_model=): {models}
+datasets (--config.data.name=): {datasets}
+groupings (--config.fedseq.grouping=): {groupings}
+measures (--config.fedseq.measure=): {measures}
+representations (--config.fedseq.representation=): {representations}
+  your own: register them in a module your config file imports (README: "Bring your own
+  model and data", "Adding a grouping")
 config fields: every field, its default and what it means is in fedjax_seq/api.py
   (default_config; the README's "Config fields" table); --show_config prints a
   config's resolved fields; override any with --config.FIELD=VALUE,
@@ -52,8 +59,13 @@ def config_files() -> list[str]:
 
 def print_help() -> None:
   """--help: usage, the config files, the algorithms, where the fields are, the flags."""
+  from fedjax_seq import registry
   from fedjax_seq.training.experiment import ALGORITHMS
+  datasets = [f"{n}:{e.argument}" if e.argument else n for n, e in registry.DATASETS.items()]
   print(HELP.format(configs=" ".join(config_files()), algorithms=" ".join(ALGORITHMS),
+                    models=" ".join(registry.MODELS), datasets=" ".join(datasets),
+                    groupings=" ".join(registry.GROUPINGS), measures=" ".join(registry.MEASURES),
+                    representations=" ".join(registry.REPRESENTATIONS),
                     flags=FLAGS.module_help(sys.modules[__name__])))
 
 

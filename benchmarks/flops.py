@@ -7,9 +7,9 @@ needs the gradient of the images). Biases, activations, pooling, the loss,
 augmentation and the optimizer update are not counted: they are a few
 percent of the total and no library counts them the same way. The count is
 made from the model's own layers (their input and output shapes), so it
-holds for any model built from `models.layers.Dense` and `Conv`, and is
-checked against XLA's cost analysis of a compiled gradient step
-(`xla_step_flops`).
+holds for any model built from `models.layers.Dense` and `Conv` or from
+flax's `nn.Dense` and `nn.Conv` (a user's model), and is checked against
+XLA's cost analysis of a compiled gradient step (`xla_step_flops`).
 
 The peak is measured, not taken from a datasheet: the best of several timed
 square matmuls on the default device, float32 and (off CPU) bfloat16.
@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_seq.models.layers import Conv, Dense
 
@@ -32,20 +33,30 @@ def layer_macs(model: nn.Module, params, input_shape: tuple[int, ...]) -> list[t
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and isinstance(module, (Dense, Conv)):
-      x = args[0]
-      if isinstance(module, Dense):
-        macs = x.shape[-1] * module.features
-      else:
-        k = module.kernel_size
-        macs = out.shape[1] * out.shape[2] * k * k * x.shape[-1] * module.features
-      found.append(("/".join(module.path), int(macs)))
+    if context.method_name == "__call__":
+      macs = _macs(module, args[0], out)
+      if macs is not None:
+        found.append(("/".join(module.path), int(macs)))
     return out
 
   with nn.intercept_methods(record):
     jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((1,) + tuple(input_shape),
                                                              jnp.float32))
   return found
+
+
+def _macs(module: nn.Module, x, out) -> int | None:
+  """Multiply-adds per example of one dense or convolution layer (None: another module)."""
+  if isinstance(module, (Dense, nn.Dense)):
+    return x.shape[-1] * module.features
+  if isinstance(module, Conv):
+    k = module.kernel_size
+    return out.shape[1] * out.shape[2] * k * k * x.shape[-1] * module.features
+  if isinstance(module, nn.Conv):
+    window = int(np.prod(module.kernel_size))
+    return int(np.prod(out.shape[1:-1])) * window * x.shape[-1] // module.feature_group_count * (
+        module.features)
+  return None
 
 
 def forward_flops_per_example(model: nn.Module, params, input_shape: tuple[int, ...]) -> float:

@@ -33,8 +33,9 @@ from ml_collections import config_flags
 from benchmarks import flops as flops_lib
 from benchmarks.timing import quiet_logs
 from fedjax_seq.data.federated import Preprocess, make_fed_data
-from fedjax_seq.models import get_model, initialize
+from fedjax_seq.models import initialize
 from fedjax_seq.superclients import formation
+from fedjax_seq.training import components
 from fedjax_seq.training import experiment as experiment_lib
 
 FLAGS = flags.FLAGS
@@ -49,13 +50,15 @@ def main(argv):
   quiet_logs()
   config = FLAGS.config
   experiment_lib.validate(config)
-  ds, clients, _, exemplars = experiment_lib.load_federated(config)
+  fed = experiment_lib.load_federated(config)
+  ds, clients, exemplars = fed.ds, fed.clients, fed.exemplars
   f = config.fedseq
-  model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl)
+  evaluator = components.model_name(config, "evaluator")
+  model, _ = components.build_model(config, evaluator, ds.num_classes)
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
-  trainer = experiment_lib.make_trainer(config, model, preprocess, f.pretrain_epochs)
+  shape = ds.image_shape
+  trainer = components.make_trainer(config, model, preprocess, f.pretrain_epochs, shape)
   init = initialize(model, jax.random.key(0), ds.train_images)
-  shape = ds.train_images.shape[1:]
   flops_per_client = (
       f.pretrain_epochs * np.mean([len(c) for c in clients])
       * flops_lib.train_flops_per_example(model, init, shape)
@@ -74,7 +77,7 @@ def main(argv):
                                              strategy=strategy, chunk=chunk))
     per_client = (time.perf_counter() - t) / FLAGS.clients
     print(json.dumps({
-        "strategy": strategy, "backend": jax.default_backend(), "evaluator": f.evaluator_model,
+        "strategy": strategy, "backend": jax.default_backend(), "evaluator": evaluator,
         "pretrain_epochs": f.pretrain_epochs, "chunk": chunk, "clients_timed": FLAGS.clients,
         "first_chunk_s_incl_compile": round(compile_s, 2),
         "seconds_per_client": round(per_client, 4),

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ml_collections
 
+from fedjax_seq import registry as seams
 from fedjax_seq.algorithms import registry
 
 if TYPE_CHECKING:
   import jax
+  from fedjax_seq.data.arrays import FederatedArrays
   from fedjax_seq.core.rounds import Algorithm
   from fedjax_seq.data.federated import FedData
 
@@ -55,32 +57,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.server.eps = 1e-3          # adam | yogi | adagrad: adaptivity tau, added to sqrt(v)
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"      # cifar10 | cifar100 | fashion_mnist | mnist | synthetic
+  c.data.name = "cifar10"      # a registered dataset (`main.py --help`), or npz:PATH | tfds:NAME | leaf:DIR
   c.data.dir = ""              # CIFAR archives / IDX files / TFDS data_dir ("" = the dataset's default)
-  c.data.num_clients = 500     # K
+  c.data.num_clients = 500     # K (not for data with natural client ids)
   c.data.alpha = 0.0           # 0: pathological shards (~1 class per client); >0: Dirichlet(alpha)
-  c.data.iid = False           # True: uniform random split (overrides alpha)
+  c.data.iid = False           # True: uniform random split (overrides alpha; not for natural ids)
   c.data.max_iter_dirichlet = 100  # Dirichlet redraws; the most balanced client sizes are kept
   c.data.rebalance = False     # Dirichlet only: move examples so every client has N//K
   c.data.exemplars_per_class = 10  # held out of the test set (FedSeq's exemplar set)
   c.data.augment = True        # the dataset's standard augmentation (CIFAR: crop pad 4 + flip)
-  c.data.synthetic = ml_collections.ConfigDict()
-  c.data.synthetic.train_size = 50000
-  c.data.synthetic.test_size = 10000
-  c.data.synthetic.height = 32
-  c.data.synthetic.width = 32
-  c.data.synthetic.channels = 3
-  c.data.synthetic.num_classes = 10
+  # Each dataset's own settings as its section config.data.NAME (synthetic: sizes, shape, classes).
+  for name, entry in seams.DATASETS.items():
+    if entry.hyperparameters:
+      c.data[name] = ml_collections.ConfigDict(dict(entry.hyperparameters))
 
   c.fedseq = ml_collections.ConfigDict()  # superclients (FedSeq family only)
   c.fedseq.max_clients = 11      # at most this many clients per superclient
   c.fedseq.min_examples = 800    # close a superclient once it holds this many examples
-  c.fedseq.grouping = "greedy"   # greedy | kmeans | random
-  c.fedseq.measure = "kullback"  # greedy's measure: kullback | gini | cosine | wasserstein
+  c.fedseq.grouping = "greedy"   # a registered grouping: greedy | kmeans | random | greedy_mixture | yours
+  c.fedseq.measure = "kullback"  # greedy's measure: kullback | gini | cosine | wasserstein | yours
   c.fedseq.representation = "confidence"  # confidence | classifier_last | classifier_last2 | classifier_all
   c.fedseq.pca_variance = 0.9    # variance kept by PCA of classifier_* representations
   c.fedseq.pretrain_epochs = 10  # client evaluation: local epochs of each client's own model
-  c.fedseq.evaluator_model = "lenet"  # model trained in client evaluation
+  c.fedseq.evaluator_model = ""  # model trained in client evaluation ("": the training model)
   c.fedseq.pretrain_chunk = 50   # clients pre-trained per vmapped chunk (memory bound)
   c.fedseq.sequential_rounds = 1  # E_S: passes over a superclient's members per round
   c.fedseq.shuffle = True        # shuffle members at every pass
@@ -93,9 +92,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.fedseq.superclients_from = ""  # a grouping file written by `python -m fedjax_seq.study`: train on it, skip formation
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "lenet"       # lenet | mlp
-  c.model.conv_impl = "auto"   # auto | xla | im2col (auto: im2col on CPU)
+  c.model.name = "lenet"       # a registered model: lenet | mlp | yours (`main.py --help`)
+  c.model.conv_impl = "auto"   # auto | xla | im2col (auto: im2col on CPU); models with layers.Conv
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (matmuls/convs; params stay float32)
+  # Each model's own settings as its section config.model.NAME (mlp: hidden sizes).
+  for name, entry in seams.MODELS.items():
+    if entry.hyperparameters:
+      c.model[name] = ml_collections.ConfigDict(dict(entry.hyperparameters))
 
   c.client = ml_collections.ConfigDict()
   c.client.fraction = 0.2      # C: max(int(C*K), 1) clients per round
@@ -151,13 +154,22 @@ class Experiment:
     return self._evaluate(localize(state.params))
 
 
-def build(config: ml_collections.ConfigDict, stream=None) -> Experiment:
+def build(config: ml_collections.ConfigDict, stream=None, *, model=None,
+          data: FederatedArrays | None = None) -> Experiment:
   """Loads the data, forms superclients (FedSeq family) and builds the round.
+
+  model: None (the config's `model.name`), or any flax module mapping a
+    float32 batch of normalised images (B, H, W, C) to logits. FedSeq's
+    evaluator is then this model too unless `fedseq.evaluator_model` names a
+    registered one; with no declared classifier it supports the
+    representations that need none (`confidence`).
+  data: None (the config's `data.name`), or a `FederatedArrays`; with
+    `client_ids` its clients are the distinct ids (a natural partition).
 
   Raises fedjax_seq.errors.UserError on a bad config. `stream` (e.g.
   sys.stderr) receives superclient formation's progress; None is silent.
   """
   from fedjax_seq.training import experiment as experiment_lib
-  exp = experiment_lib.build(config, stream)
+  exp = experiment_lib.build(config, stream, model=model, data=data)
   return Experiment(config.copy_and_resolve_references(), exp.data, exp.model, exp.algorithm,
                     exp.init_params, exp.strategy, exp.superclients, exp.round_fn, exp.evaluate)

@@ -72,23 +72,18 @@ from typing import Any, Sequence, TextIO
 import numpy as np
 
 from fedjax_seq import plot
+from fedjax_seq import registry
 from fedjax_seq.errors import UserError
 from fedjax_seq.superclients import grouping
-from fedjax_seq.superclients.formation import REPRESENTATIONS, kl_from_uniform, summary
+from fedjax_seq.superclients.formation import kl_from_uniform, summary, superclient_rows
 
-GROUPINGS = grouping.METHODS
-MEASURES = grouping.MEASURES
-# Groupings that use a measure; the others ignore it (one row per representation).
-USES_MEASURE = ("greedy",)
-# Groupings that need probability vectors whatever the measure.
-NEEDS_PROBABILITIES = ("greedy_mixture",)
 ESTIMATE_EPS = 1e-6
 STUDY_FILE, CONFIG_FILE, TIMING_FILE = "study.json", "study_config.json", "timing.json"
 ORACLE, ORACLE_KULLBACK = "oracle", "oracle-greedy-kullback"
 # Config fields that decide the pre-trained models (with the data's content hash).
 MODEL_FIELDS = ("seed", "data.name", "data.num_clients", "data.alpha", "data.iid",
                 "data.max_iter_dirichlet", "data.rebalance", "data.augment",
-                "fedseq.evaluator_model", "model.conv_impl", "model.compute_dtype",
+                "fedseq.evaluator_model", "model.name", "model.conv_impl", "model.compute_dtype",
                 "client.lr", "client.momentum", "client.weight_decay", "client.batch_size",
                 "client.max_steps", "engine.unroll")
 # ... and the ones that further decide representers and groupings.
@@ -100,9 +95,9 @@ STUDY_FIELDS = MODEL_FIELDS + ("data.exemplars_per_class", "fedseq.max_clients",
 @dataclasses.dataclass(frozen=True)
 class Options:
   """What to study (the command's flags, validated)."""
-  groupings: tuple[str, ...] = GROUPINGS
-  measures: tuple[str, ...] = MEASURES
-  representations: tuple[str, ...] = REPRESENTATIONS
+  groupings: tuple[str, ...] = ()        # () = every registered one
+  measures: tuple[str, ...] = ()
+  representations: tuple[str, ...] = ()
   pretrain_epochs: tuple[int, ...] = ()  # () = the config's fedseq.pretrain_epochs
   save_models: bool = False
   models_from: str = ""
@@ -131,12 +126,12 @@ def _names(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))
 
 
-def parse_options(groupings: str = ",".join(GROUPINGS), measures: str = ",".join(MEASURES),
-                  representations: str = ",".join(REPRESENTATIONS),
+def parse_options(groupings: str | None = None, measures: str | None = None,
+                  representations: str | None = None,
                   pretrain_epochs: str | None = None,
                   save_models: bool = False, models_from: str = "", random_repeats: int = 20,
                   heatmaps: bool = True) -> Options:
-  """Options from the flags' text; raises UserError on any bad value."""
+  """Options from the flags' text (None: every registered name); UserError on a bad value."""
   epochs: tuple[int, ...] = ()  # None: the config's fedseq.pretrain_epochs
   if pretrain_epochs is not None:
     values = [v.strip() for v in str(pretrain_epochs).split(",")]
@@ -150,17 +145,22 @@ def parse_options(groupings: str = ",".join(GROUPINGS), measures: str = ",".join
     epochs = tuple(sorted(set(epochs)))
   if random_repeats < 1:
     raise UserError(f"--random_repeats must be >= 1, got {random_repeats}")
-  return Options(_names(groupings, GROUPINGS, "groupings"), _names(measures, MEASURES, "measures"),
-                 _names(representations, REPRESENTATIONS, "representations"), epochs,
+  def names(text, seam, what):  # None: every registered name (users' included)
+    return seam.names() if text is None else _names(text, seam.names(), what)
+
+  return Options(names(groupings, registry.GROUPINGS, "groupings"),
+                 names(measures, registry.MEASURES, "measures"),
+                 names(representations, registry.REPRESENTATIONS, "representations"), epochs,
                  bool(save_models), models_from, int(random_repeats), bool(heatmaps))
 
 
 def combination_name(grouping_name: str, measure: str | None, representation: str | None,
                      epochs: int | None) -> str:
   """A short name for one grouping setting, e.g. greedy-kullback-confidence-e10."""
-  if grouping_name == "random":
-    return "random"
-  parts = [grouping_name] + ([measure] if grouping_name in USES_MEASURE else [])
+  entry = registry.GROUPINGS.get(grouping_name)
+  if not entry.needs_representers:
+    return grouping_name
+  parts = [grouping_name] + ([measure] if entry.uses_measure else [])
   return "-".join(parts + [representation, f"e{epochs}"])
 
 
@@ -170,21 +170,30 @@ def config_combination(config) -> str:
   return combination_name(f.grouping, f.measure, f.representation, f.pretrain_epochs)
 
 
-def plan(options: Options, epochs: Sequence[int]) -> tuple[list[Combination], list[dict]]:
-  """The combinations to form (random first) and the skipped ones, with the reason."""
-  combos, skipped = [Combination("random", "random")], []
+def plan(options: Options, epochs: Sequence[int], *, evaluator: str,
+         has_classifier: bool, exemplars: int) -> tuple[list[Combination], list[dict]]:
+  """The combinations to form and the skipped ones with the reason.
+
+  Groupings that need no representers come first, once each (and `random`
+  always, as the baseline); every other combination is checked with
+  `registry.check_formation`, the rules a training run is validated with.
+  """
+  free = [g for g in options.groupings if not registry.GROUPINGS.get(g).needs_representers]
+  combos = [Combination(g, g) for g in dict.fromkeys(["random", *free])]
+  skipped = []
   for g in options.groupings:
-    if g == "random":
+    entry = registry.GROUPINGS.get(g)
+    if not entry.needs_representers:
       continue
     for e in epochs:
       for rep in options.representations:
-        for m in (options.measures if g in USES_MEASURE else (None,)):
+        for m in (options.measures if entry.uses_measure else (None,)):
           name = combination_name(g, m, rep, e)
-          if rep != "confidence" and (g in NEEDS_PROBABILITIES or
-                                      (m is not None and grouping.requires_probabilities(m))):
-            what = f"measure {m}" if g in USES_MEASURE else f"grouping {g}"
-            skipped.append({"name": name, "reason": f"{what} needs probability vectors "
-                                                    f"(confidence), not {rep}"})
+          try:
+            registry.check_formation(g, m or "kullback", rep, evaluator=evaluator,
+                                     has_classifier=has_classifier, exemplars=exemplars)
+          except ValueError as err:
+            skipped.append({"name": name, "reason": str(err)})
           else:
             combos.append(Combination(name, g, m, rep, e))
   return combos, skipped
@@ -195,15 +204,16 @@ def plan(options: Options, epochs: Sequence[int]) -> tuple[list[Combination], li
 
 def score_groups(groups: Sequence[Sequence[int]], counts: np.ndarray) -> dict:
   """Superclient statistics from the clients' class counts (K, C)."""
-  sc = np.stack([counts[list(g)].sum(0) for g in groups])
-  kls = np.array([kl_from_uniform(c) for c in sc])
-  examples = sc.sum(1)
+  rows = superclient_rows(groups, counts)
+  kls = np.array([r["kl_from_uniform"] for r in rows])
+  examples = np.array([r["num_examples"] for r in rows])
   members = np.array([len(g) for g in groups])
+  classes = np.array([np.count_nonzero(r["class_counts"]) for r in rows])
   return {"num_superclients": len(groups),
           "clients_mean": float(members.mean()), "clients_max": int(members.max()),
           "examples_min": int(examples.min()), "examples_mean": float(examples.mean()),
           "examples_max": int(examples.max()),
-          "classes_mean": float((sc > 0).sum(1).mean()),
+          "classes_mean": float(classes.mean()),
           "kl_mean": float(kls.mean()), "kl_max": float(kls.max())}
 
 
@@ -301,6 +311,14 @@ def _fingerprints(config, ds, clients, exemplars) -> tuple[dict, dict]:
 
 _COLOURS = {"random": "tab:gray", "greedy": "tab:blue", "kmeans": "tab:orange",
             "greedy_mixture": "tab:green"}
+_MORE_COLOURS = ("tab:purple", "tab:red", "tab:olive", "tab:pink", "tab:cyan", "tab:brown")
+
+
+def _colours(groupings: Sequence[str]) -> dict[str, str]:
+  """A colour per grouping: the built-ins' fixed ones, then a cycle for the others."""
+  others = [g for g in dict.fromkeys(groupings) if g not in _COLOURS]
+  return {**{g: c for g, c in _COLOURS.items() if g in groupings},
+          **{g: _MORE_COLOURS[i % len(_MORE_COLOURS)] for i, g in enumerate(others)}}
 _LINE_STYLES = {"greedy-kullback": ("tab:blue", "o"), "greedy-gini": ("tab:cyan", "v"),
                 "greedy-cosine": ("tab:purple", "s"), "greedy-wasserstein": ("tab:brown", "D"),
                 "kmeans": ("tab:orange", "^"), "greedy_mixture": ("tab:green", "P")}
@@ -311,7 +329,8 @@ def plot_comparison(rows: list[dict], out_path: str, title: str) -> None:
   plt = plot.pyplot()
   fig, ax = plt.subplots(figsize=(7, 1.3 + 0.15 * len(rows)), dpi=100)
   y = np.arange(len(rows))[::-1]
-  colours = ["black" if r["oracle"] else _COLOURS.get(r["grouping"], "tab:purple") for r in rows]
+  palette = _colours([r["grouping"] for r in rows if not r["oracle"]])
+  colours = ["black" if r["oracle"] else palette[r["grouping"]] for r in rows]
   ax.barh(y, [r["kl_mean"] for r in rows], color=colours, height=0.7)
   rand = next(r for r in rows if r["name"] == "random")
   lo, hi = rand["random_kl_mean"] - rand["random_kl_std"], rand["random_kl_mean"] + rand["random_kl_std"]
@@ -323,10 +342,10 @@ def plot_comparison(rows: list[dict], out_path: str, title: str) -> None:
   ax.set_ylim(-0.6, len(rows) - 0.4)
   ax.set_xlabel("mean KL(superclient classes || uniform), lower is better")
   ax.set_title(title, fontsize="small")
-  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLOURS.values()]
+  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
   handles += [plt.Rectangle((0, 0), 1, 1, color="black")]
   extra, extra_labels = ax.get_legend_handles_labels()
-  ax.legend(handles + extra, list(_COLOURS) + ["oracle (true labels)"] + extra_labels,
+  ax.legend(handles + extra, list(palette) + ["oracle (true labels)"] + extra_labels,
             fontsize=6, loc="upper right", framealpha=0.9)
   ax.grid(True, axis="x", alpha=0.3)
   plot.save_figure(plt, fig, out_path)
@@ -476,9 +495,8 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   import jax  # pylint: disable=import-outside-toplevel
   from fedjax_seq.core import engine  # pylint: disable=import-outside-toplevel
   from fedjax_seq.data.federated import Preprocess, make_fed_data  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.models import get_model, initialize  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.superclients import formation  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.training import experiment  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.training import components, experiment  # pylint: disable=import-outside-toplevel
+  from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
 
   start = time.time()
   report = {"pretrained": [], "models_loaded": [], "representers_cached": [], "formed": [],
@@ -487,21 +505,26 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   _check_workdir(workdir)
   f = config.fedseq
   epochs = options.pretrain_epochs or (int(f.pretrain_epochs),)
-  combos, skipped = plan(options, epochs)
-  informed = [c for c in combos if c.grouping != "random"]
-  needed_reps = sorted({c.representation for c in informed}, key=REPRESENTATIONS.index)
-  if "confidence" in needed_reps and config.data.exemplars_per_class < 1:
-    raise UserError("the confidence representation needs exemplars: set "
-                    "config.data.exemplars_per_class >= 1")
+  evaluator_name = components.model_name(config, "evaluator")
+  combos, skipped = plan(options, epochs, evaluator=evaluator_name,
+                         has_classifier=registry.MODELS.get(evaluator_name).classifier is not None,
+                         exemplars=config.data.exemplars_per_class)
+  informed = [c for c in combos if registry.GROUPINGS.get(c.grouping).needs_representers]
+  needed_reps = [r for r in registry.REPRESENTATIONS
+                 if r in {c.representation for c in informed}]
   plot.pyplot()  # matplotlib missing: refused now, not after the pre-training
   if options.models_from and not os.path.isdir(os.path.join(options.models_from, "models")):
     raise UserError(f"--models_from {options.models_from}: no models/ directory there (was that "
                     "study run with --save_models?)")
 
-  ds, clients, _, exemplars = experiment.load_federated(config)
+  fed = experiment.load_federated(config)
+  ds, clients, exemplars = fed.ds, fed.clients, fed.exemplars
   sizes = np.array([len(c) for c in clients], np.int64)
-  grouping.check_feasible(sizes, f.max_clients, f.min_examples)
-  counts = np.stack([np.bincount(ds.train_labels[c], minlength=ds.num_classes) for c in clients])
+  try:
+    grouping.check_feasible(sizes, f.max_clients, f.min_examples)
+  except ValueError as e:
+    raise UserError(f"config.fedseq: {e}") from None
+  counts = forming.class_counts(ds, clients)
   model_fp, study_fp = _fingerprints(config, ds, clients, exemplars)
 
   # Everything that could refuse is checked before anything is written.
@@ -551,16 +574,10 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   if any(missing.values()):
     preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
     strategy = engine.resolve_strategy(config.engine.strategy)
-    model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl,
-                      compute_dtype=config.model.compute_dtype)
-    k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-    init = initialize(model, k_init, ds.train_images)
-    paths, treedef = jax.tree_util.tree_flatten_with_path(init)
+    ev = forming.evaluator(config, ds, preprocess)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(ev.init)
     leaf_names = [jax.tree_util.keystr(p) for p, _ in paths]
     data = make_fed_data(ds.train_images, ds.train_labels, clients)
-    ex_images, ex_labels = ds.test_images[exemplars], ds.test_labels[exemplars]
-    augment_key = (jax.random.fold_in(jax.random.key(config.seed), 2)
-                   if f.augment_exemplars and preprocess.augment else None)
   for e in epochs:
     reps = dict(cached.get(e, {}))  # every representation cached, kept in the cache file
     if missing[e]:
@@ -568,7 +585,7 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
       if e in model_paths:
         arrays, meta = _load_npz(model_paths[e])
         if meta.get("leaves") != leaf_names:
-          raise UserError(f"the models in {model_paths[e]} are not {f.evaluator_model} models")
+          raise UserError(f"the models in {model_paths[e]} are not {evaluator_name} models")
         models = jax.tree_util.tree_unflatten(
             treedef, [jax.numpy.asarray(arrays[f"leaf{i}"]) for i in range(len(leaf_names))])
         _say(stream, f"E={e}: loaded the pre-trained client models from {model_paths[e]} "
@@ -577,13 +594,11 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
       else:
         _say(stream, f"E={e}: pre-training {data.num_clients} clients for {e} epochs "
                      f"({strategy})")
-        trainer = experiment.make_trainer(config, model, preprocess, e)
 
         def progress(done, total, e=e, t0=t0):
           _say(stream, f"E={e}: pre-trained {done}/{total} clients ({time.time() - t0:.0f} s)")
 
-        models = formation.pretrain(trainer, init, data, k_train, strategy=strategy,
-                                    chunk=f.pretrain_chunk, progress=progress)
+        models = forming.pretrain(config, ev, data, e, strategy, progress)
         report["pretrained"].append(e)
         if options.save_models:
           path = os.path.join(workdir, "models", f"e{e}.npz")
@@ -591,14 +606,10 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
           _save_npz(path, {f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)},
                     {**model_fp, "pretrain_epochs": e, "leaves": leaf_names, "strategy": strategy})
           _say(stream, f"E={e}: saved the client models to {path}")
+      evaluation = forming.evaluation(config, ev, models, ds, exemplars)
       for rep in missing[e]:
-        if rep == "confidence":
-          reps[rep] = formation.confidence_vectors(model.apply, preprocess, models, ex_images,
-                                                   ex_labels, ds.num_classes, augment_key)
-        else:
-          reps[rep] = grouping.pca_reduce(formation.classifier_representers(models, rep),
-                                          f.pca_variance)
-      del models
+        reps[rep] = forming.representers(evaluation, rep)
+      del models, evaluation
       _save_npz(rep_paths[e], reps, {"pretrain_epochs": e})
       report["timing_s"][f"client_evaluation_e{e}"] = round(time.time() - t0, 2)
     elif e in cached and needed_reps:
@@ -611,14 +622,14 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   rows = []
   num_classes = ds.num_classes
 
-  def group(reps, method, measure):
-    return [g.tolist() for g in grouping.group_clients(
-        reps, sizes, method=method, measure=measure or "kullback", max_clients=f.max_clients,
-        min_examples=f.min_examples, num_classes=num_classes,
-        rng=np.random.default_rng(config.seed + 1))]
+  def group(reps, method, measure, representation=None):
+    groups, _ = forming.form(config, sizes, num_classes, grouping=method,
+                             measure=measure or "kullback", representation=representation,
+                             client_representers=reps)
+    return [g.tolist() for g in groups]
 
   def reps_of(c: Combination):
-    if c.grouping == "random":
+    if not registry.GROUPINGS.get(c.grouping).needs_representers:
       return np.zeros((len(sizes), 0))
     return representers[c.pretrain_epochs][c.representation]
 
@@ -630,8 +641,8 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
       report["reused"].append(c.name)
       continue
     try:
-      formed[c.name] = group(reps_of(c), c.grouping, c.measure)
-    except UserError as e:
+      formed[c.name] = group(reps_of(c), c.grouping, c.measure, c.representation)
+    except ValueError as e:
       skipped.append({"name": c.name, "reason": f"cannot be formed: {e}"})
       continue
     report["formed"].append(c.name)
@@ -673,7 +684,7 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
     rmean, rstd = random_baseline([len(g) for g in groups], counts, options.random_repeats,
                                   np.random.default_rng([config.seed, 2]))
     row.update(random_kl_mean=rmean, random_kl_std=rstd, grouping_file=f"groupings/{c.name}.json",
-               superclients=_superclient_rows(groups, counts))
+               superclients=superclient_rows(groups, counts))
     rows.append(row)
   rows.sort(key=lambda r: (r["kl_mean"], not r["oracle"], r["name"]))
   rand = next(r for r in rows if r["name"] == "random")
@@ -736,15 +747,6 @@ def run_study(config, workdir: str, options: Options, stream: TextIO | None = sy
   return report
 
 
-def _superclient_rows(groups, counts) -> list[dict]:
-  out = []
-  for s, g in enumerate(groups):
-    c = counts[list(g)].sum(0)
-    out.append({"id": s, "clients": [int(x) for x in g], "num_examples": int(c.sum()),
-                "class_counts": c.astype(int).tolist(), "kl_from_uniform": kl_from_uniform(c)})
-  return out
-
-
 def _grouping_info(c: Combination, groups, counts, reps, f, source=None) -> dict:
   """A superclients.json-format record of one combination (what training can read back)."""
   settings = {"grouping": c.grouping, "measure": c.measure, "representation": c.representation,
@@ -774,10 +776,10 @@ def _main() -> None:
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file("config", None, "Config file (as main.py's).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for the study's tables, pictures and groupings.")
-  flags.DEFINE_string("groupings", ",".join(GROUPINGS), "Comma-separated groupings.")
-  flags.DEFINE_string("measures", ",".join(MEASURES), "Comma-separated greedy measures.")
-  flags.DEFINE_string("representations", ",".join(REPRESENTATIONS),
-                      "Comma-separated client representations.")
+  flags.DEFINE_string("groupings", None, "Comma-separated groupings (default: all registered).")
+  flags.DEFINE_string("measures", None, "Comma-separated greedy measures (default: all).")
+  flags.DEFINE_string("representations", None,
+                      "Comma-separated client representations (default: all).")
   flags.DEFINE_string("pretrain_epochs", None,
                       "Comma-separated pre-training epochs (default: config.fedseq.pretrain_epochs).")
   flags.DEFINE_bool("save_models", False, "Save the pre-trained client models in WORKDIR/models.")

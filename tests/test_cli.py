@@ -28,8 +28,8 @@ def small_config(**overrides):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"data.name": "imagenet"}, "unknown dataset 'imagenet'; valid: cifar10"),
-    ({"model.name": "vgg"}, "unknown model 'vgg'; valid: lenet, mlp"),
+    ({"data.name": "imagenet"}, "unknown config.data.name 'imagenet'; valid: cifar10"),
+    ({"model.name": "vgg"}, "unknown config.model.name 'vgg'; valid: lenet, mlp"),
     ({"algorithm.name": "fedsgd"}, "unknown algorithm 'fedsgd'"),
     ({"client.fraction": 0.0}, r"fraction must be in \(0, 1\]"),
     ({"client.fraction": 1.5}, r"fraction must be in \(0, 1\]"),
@@ -39,10 +39,10 @@ def small_config(**overrides):
     ({"data.name": "cifar10", "data.dir": "/nonexistent/cifar"}, "/nonexistent/cifar"),
     ({"data.name": "fashion_mnist", "data.dir": "/nonexistent/fm"}, "dataset-fashion-mnist"),
     ({"algorithm.name": "fedseq", "fedseq.representation": "classifier_all"},
-     "measure=kullback needs probability vectors"),
-    ({"algorithm.name": "fedseq", "fedseq.grouping": "spectral"}, "unknown fedseq.grouping"),
+     "measure kullback needs probability vectors"),
+    ({"algorithm.name": "fedseq", "fedseq.grouping": "spectral"}, "unknown config.fedseq.grouping"),
     ({"algorithm.name": "fedseq", "fedseq.grouping": "random", "fedseq.max_clients": 2,
-      "fedseq.min_examples": 10000}, "raise config.fedseq.max_clients"),
+      "fedseq.min_examples": 10000}, "config.fedseq: cannot form superclients.*raise max_clients"),
     ({"fedseq.dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ({"compare_with": "fedavg,fedsgd"}, "unknown algorithm 'fedsgd' in config.compare_with"),
 ])

@@ -10,7 +10,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fedjax_seq.data import sources
-from fedjax_seq.errors import UserError
 
 
 def _pixel(i, ch, r, c):
@@ -108,12 +107,29 @@ def test_cifar100_pickles_and_tarball(tmp_path):
 def test_cifar_corrupt_batch_names_file(tmp_path):
   d = _write_cifar10(tmp_path)
   (d / "data_batch_3").write_bytes(b"not a pickle")
-  with pytest.raises(UserError, match="data_batch_3"):
+  with pytest.raises(ValueError, match="data_batch_3"):
     sources.load_dataset("cifar10", str(tmp_path))
 
 
+class _Hostile:
+  """Unpickling this calls os.system: a CIFAR reader must refuse it."""
+
+  def __reduce__(self):
+    import os  # pylint: disable=import-outside-toplevel
+    return (os.system, ("touch pwned",))
+
+
+def test_cifar_pickle_naming_code_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  d = _write_cifar10(tmp_path)
+  _dump(d / "data_batch_2", {b"data": _Hostile(), b"labels": [0]})
+  with pytest.raises(ValueError, match="data_batch_2.*refusing to load posix.system"):
+    sources.load_dataset("cifar10", str(tmp_path))
+  assert not (tmp_path / "pwned").exists()
+
+
 def test_cifar_missing(tmp_path):
-  with pytest.raises(UserError) as e:
+  with pytest.raises(ValueError) as e:
     sources.load_dataset("cifar10", str(tmp_path))
   msg = str(e.value)
   assert str(tmp_path) in msg and "\n" not in msg
@@ -179,7 +195,7 @@ def test_tfds_failure_is_user_error(tmp_path):
                       "PIL.\nInstall them")
 
   with tfds.testing.mock_data(as_data_source_fn=as_data_source):
-    with pytest.raises(UserError) as e:
+    with pytest.raises(ValueError) as e:
       sources.load_dataset("cifar100", str(tmp_path))
   msg = str(e.value)
   assert "\n" not in msg and "OpenCV" in msg and str(tmp_path) in msg
@@ -229,13 +245,13 @@ def test_idx_truncated_and_bad_magic(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte.gz"
   raw = gzip.decompress(path.read_bytes())
   path.write_bytes(gzip.compress(raw[:-10]))
-  with pytest.raises(UserError, match="train-images-idx3-ubyte.gz.*truncated"):
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*truncated"):
     sources.load_dataset("fashion_mnist", str(tmp_path))
   path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + raw[4:]))
-  with pytest.raises(UserError, match="train-images-idx3-ubyte.gz.*magic"):
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*magic"):
     sources.load_dataset("fashion_mnist", str(tmp_path))
   path.write_bytes(raw[:100])  # Not gzip at all.
-  with pytest.raises(UserError, match="train-images-idx3-ubyte.gz"):
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
     sources.load_dataset("fashion_mnist", str(tmp_path))
 
 
@@ -251,22 +267,22 @@ def test_real_fashion_mnist():
 
 
 def test_idx_missing(tmp_path):
-  with pytest.raises(UserError) as e:
+  with pytest.raises(ValueError) as e:
     sources.load_dataset("fashion_mnist", str(tmp_path))
   msg = str(e.value)
   assert str(tmp_path) in msg and "\n" not in msg
   assert "apt-get install -y dataset-fashion-mnist" in msg
-  with pytest.raises(UserError, match=str(tmp_path)):
+  with pytest.raises(ValueError, match=str(tmp_path)):
     sources.load_dataset("mnist", str(tmp_path))
 
 
 def test_unknown_name():
-  with pytest.raises(UserError, match="cifar10, cifar100, fashion_mnist"):
+  with pytest.raises(ValueError, match="cifar10, cifar100, fashion_mnist"):
     sources.load_dataset("imagenet", "")
 
 
 def test_synthetic_deterministic_and_balanced():
-  kw = dict(synthetic_train_size=2000, synthetic_test_size=500)
+  kw = dict(train_size=2000, test_size=500)
   a = sources.load_dataset("synthetic", "", seed=1, **kw)
   b = sources.load_dataset("synthetic", "", seed=1, **kw)
   c = sources.load_dataset("synthetic", "", seed=2, **kw)
@@ -298,8 +314,8 @@ def test_synthetic_deterministic_and_balanced():
 
 
 def test_synthetic_learnable_but_not_trivial():
-  ds = sources.load_dataset("synthetic", "", synthetic_train_size=5000,
-                            synthetic_test_size=1000)
+  ds = sources.load_dataset("synthetic", "", train_size=5000,
+                            test_size=1000)
   x = ds.train_images.reshape(5000, -1).astype(np.float32)
   t = ds.test_images.reshape(1000, -1).astype(np.float32)
   centroids = np.stack([x[ds.train_labels == k].mean(0) for k in range(10)])
@@ -310,10 +326,9 @@ def test_synthetic_learnable_but_not_trivial():
 
 
 def test_synthetic_other_shape():
-  ds = sources.load_dataset("synthetic", "", synthetic_train_size=30,
-                            synthetic_test_size=9,
-                            synthetic_image_shape=(28, 28, 1),
-                            synthetic_num_classes=3)
+  ds = sources.load_dataset("synthetic", "", train_size=30,
+                            test_size=9,
+                            height=28, width=28, channels=1, num_classes=3)
   assert ds.train_images.shape == (30, 28, 28, 1)
   assert ds.test_images.shape == (9, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(ds.train_labels), [10] * 3)

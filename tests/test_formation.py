@@ -46,7 +46,7 @@ def test_one_class_client_has_confidence_peaking_at_its_class():
 
 def test_classifier_representers_are_dense_kernels():
   models = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), ref.init_params())
-  last = formation.classifier_representers(models, "classifier_last")
+  last = formation.classifier_representers(models, "classifier_last", ("fc1",))
   kernel = np.asarray(ref.init_params()["params"]["fc1"]["kernel"]).reshape(-1)
   np.testing.assert_allclose(last, np.stack([kernel, 2 * kernel]))
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedjax_seq.errors import UserError
-from fedjax_seq.superclients.grouping import MEASURES
+from fedjax_seq.registry import MEASURES
 from fedjax_seq.superclients.grouping import group_clients
 from fedjax_seq.superclients.grouping import measure_fn
 from fedjax_seq.superclients.grouping import pca_reduce
@@ -224,9 +223,9 @@ def test_redistribution_by_hand():
 def test_infeasible_constraints_raise():
   reps = np.full((5, 3), 1 / 3)
   # [0, 1], [2, 3] are full; the short last [4] has nowhere to go.
-  with pytest.raises(UserError, match="max_clients.*min_examples"):
+  with pytest.raises(ValueError, match="max_clients.*min_examples"):
     _group(reps, np.full(5, 10), max_clients=2, min_examples=100)
-  with pytest.raises(UserError, match="max_clients.*min_examples"):
+  with pytest.raises(ValueError, match="max_clients.*min_examples"):
     _group(reps, np.full(5, 10), method="random", max_clients=2,
            min_examples=100)
 
@@ -253,8 +252,8 @@ def test_random_deterministic_for_seed():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"method": "spectral"}, "unknown grouping method 'spectral'; valid: "
-     "greedy, kmeans, random"),
+    ({"method": "spectral"}, "unknown grouping 'spectral'; valid: "
+     "greedy, kmeans, random, greedy_mixture"),
     ({"measure": "l2"}, "unknown measure 'l2'; valid: kullback, gini, "
      "cosine, wasserstein"),
     ({"max_clients": 0}, "max_clients must be >= 1"),
@@ -262,16 +261,16 @@ def test_random_deterministic_for_seed():
 ])
 def test_bad_arguments(kwargs, message):
   args = dict(reps=HAND_REPS, sizes=HAND_SIZES)
-  with pytest.raises(UserError, match=message):
+  with pytest.raises(ValueError, match=message):
     _group(args["reps"], args["sizes"], **kwargs)
 
 
 @pytest.mark.parametrize("measure", ["kullback", "gini"])
 def test_probability_measures_need_probability_vectors(measure):
   assert requires_probabilities(measure)
-  with pytest.raises(UserError, match="confidence"):
+  with pytest.raises(ValueError, match="confidence"):
     _group(HAND_REPS * 2, HAND_SIZES, measure=measure)
-  with pytest.raises(UserError, match="confidence"):
+  with pytest.raises(ValueError, match="confidence"):
     _group(HAND_REPS - .1, HAND_SIZES, measure=measure)
   assert not requires_probabilities("cosine")
   _check_cover(_group(HAND_REPS * 2, HAND_SIZES, measure="cosine"), 6)
@@ -294,7 +293,7 @@ def test_pca_reduce_keeps_known_components():
                                8 * np.array([16., 4, 1, 1])[:keep])
   np.testing.assert_allclose(np.abs(pca_reduce(x, .8)), np.abs(cols[:, :2] *
                                                                [4, 2]))
-  with pytest.raises(UserError, match="variance"):
+  with pytest.raises(ValueError, match="variance"):
     pca_reduce(x, 0.0)
   np.testing.assert_array_equal(pca_reduce(np.ones((3, 2)), .9),
                                 np.zeros((3, 1)))

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_seq.errors import UserError
 from fedjax_seq.models import get_model, initialize
 
 
@@ -54,7 +53,7 @@ def test_jitted_init_is_the_eager_init_bit_for_bit(name, shape):
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(UserError, match="lenet, mlp"):
+  with pytest.raises(ValueError, match="lenet, mlp"):
     get_model("resnet", 10)
 
 

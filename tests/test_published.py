@@ -302,7 +302,7 @@ def test_scaffold_refuses_momentum():
 
 
 def test_infeasible_superclients_refused_before_pretraining():
-  with pytest.raises(UserError, match="3 largest clients hold 270 < min_examples=1000"):
+  with pytest.raises(ValueError, match="3 largest clients hold 270 < min_examples=1000"):
     grouping.check_feasible(np.array([100, 90, 80, 70]), 3, 1000)
   grouping.check_feasible(np.array([100, 90, 80, 70]), 3, 270)  # feasible: a full group reaches it
   grouping.check_feasible(np.array([100, 90]), 3, 10**6)  # one group holds everyone: kept

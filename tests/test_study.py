@@ -104,21 +104,16 @@ def test_every_membership_covers_every_client_once(first):
 
 
 def test_config_setting_equals_what_a_training_run_forms(first):
-  from fedjax_seq.core import engine
-  from fedjax_seq.data.federated import Preprocess, make_fed_data
+  """The training run's own build (experiment.build) forms the study's row of its setting."""
   from fedjax_seq.training import experiment
   workdir, _, _, info = first
   config = tiny_config()
   assert info["settings"]["config_combination"] == "greedy-kullback-confidence-e2"
-  ds, clients, _, exemplars = experiment.load_federated(config)
-  data = make_fed_data(ds.train_images, ds.train_labels, clients)
-  groups, _ = experiment.form_superclients(
-      config, ds, data, [ds.train_labels[c] for c in clients],
-      (ds.test_images[exemplars], ds.test_labels[exemplars]),
-      Preprocess(ds.mean, ds.std, ds.augment and config.data.augment),
-      engine.resolve_strategy(config.engine.strategy))
+  exp = experiment.build(config)
   ours = json.loads((workdir / "groupings" / "greedy-kullback-confidence-e2.json").read_text())
-  assert [s["clients"] for s in ours["superclients"]] == [g.tolist() for g in groups]
+  assert ([s["clients"] for s in ours["superclients"]] ==
+          [s["clients"] for s in exp.superclients["superclients"]])
+  np.testing.assert_array_equal(ours["representers"], exp.superclients["representers"])
   row = next(r for r in info["combinations"] if r["name"] == "greedy-kullback-confidence-e2")
   assert row["config_setting"]
 
@@ -184,7 +179,7 @@ def test_models_of_other_clients_are_refused(first, tmp_path, capsys):
     ({"data.name": "fashion_mnist", "data.dir": "/nonexistent/fashion"}, {}, "fashion"),
     ({"fedseq.max_clients": 2, "fedseq.min_examples": 100}, {},
      "cannot form superclients: the 2 largest clients hold 60 < min_examples=100"),
-    ({"fedseq.grouping": "clustering"}, {}, "unknown fedseq.grouping"),
+    ({"fedseq.grouping": "clustering"}, {}, "unknown config.fedseq.grouping"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, changes, flags, message):
   target = tmp_path / "bad"

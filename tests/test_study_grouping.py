@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from fedjax_seq.errors import UserError
 from fedjax_seq.superclients.grouping import group_clients, kl_rows, refine_by_swaps
 
 
@@ -109,5 +108,5 @@ def test_greedy_mixture_covers_every_client_with_ragged_sizes():
 
 
 def test_greedy_mixture_needs_probability_vectors():
-  with pytest.raises(UserError, match="greedy_mixture.*probability vectors"):
+  with pytest.raises(ValueError, match="greedy_mixture.*probability vectors"):
     _group([[1., -1], [0, 2]], [10, 10], "greedy_mixture", 2, 10)

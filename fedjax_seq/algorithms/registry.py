@@ -48,12 +48,15 @@ class Entry(NamedTuple):
     is loaded; returns the entry's client rule, if it has one (so the CLI can
     refuse a local optimizer the rule does not take).
   server_step: whether it takes a server optimizer.
+  full_test_set(**hyperparameters): whether it is evaluated on the whole test
+    set, FedSeq's held-out exemplars included (the original's centralized run).
   """
   build: Callable[..., Any]
   hyperparameters: dict = {}
   participants: str = "clients"
   check: Callable[..., Any] = lambda **hyperparameters: None
   server_step: bool = True
+  full_test_set: Callable[..., bool] = lambda **hyperparameters: False
 
 
 def _rule(rule: str | Callable[..., Any], hyperparameters: dict):
@@ -122,7 +125,8 @@ ALGORITHMS: dict[str, Entry] = {
     "fedseq_inter_dyn": sequential("dyn", inter=True, alpha=1.0, variant="paper"),
     "fedseq_inter_scaffold": sequential("scaffold", inter=True, control="gradient"),
     "centralized": Entry(_centralized, {"variant": "paper"}, "pooled", _check_centralized,
-                         server_step=False),
+                         server_step=False,
+                         full_test_set=lambda variant: variant == "original"),
 }
 
 

@@ -5,7 +5,6 @@ MNIST-style IDX files) first, because they need neither TensorFlow nor an
 image codec; prepared TFDS data is the fallback. Nothing is downloaded.
 """
 
-import dataclasses
 import gzip
 import os
 import pickle
@@ -15,24 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from fedjax_seq.errors import UserError
+from fedjax_seq import registry
+from fedjax_seq.data import readers
+from fedjax_seq.data.arrays import FederatedArrays
 
 
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """Both splits of one dataset plus the constants its input pipeline needs."""
-  name: str
-  train_images: np.ndarray  # (N, H, W, C) uint8
-  train_labels: np.ndarray  # (N,) int32
-  test_images: np.ndarray  # (M, H, W, C) uint8
-  test_labels: np.ndarray  # (M,) int32
-  num_classes: int
-  mean: tuple[float, ...]  # Per channel, in [0, 1] pixel units.
-  std: tuple[float, ...]
-  augment: bool  # Random crop (pad 4) + horizontal flip during training.
-
-
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "synthetic")
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 _TFDS_DEFAULT_DIR = "~/tensorflow_datasets"
 # The reference implementation normalises CIFAR-100 with CIFAR-10's constants.
@@ -44,32 +30,104 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def load_dataset(name: str, data_dir: str, *, synthetic_train_size: int = 50000,
-                 synthetic_test_size: int = 10000,
-                 synthetic_image_shape: tuple[int, int, int] = (32, 32, 3),
-                 synthetic_num_classes: int = 10, synthetic_noise: float = 2.5,
-                 seed: int = 0) -> Dataset:
-  """Loads `name` from `data_dir` ('' means the dataset's default location)."""
-  if name not in DATASETS:
-    raise UserError(
-        f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-  if name == "synthetic":
-    return _synthetic(synthetic_train_size, synthetic_test_size,
-                      tuple(synthetic_image_shape), synthetic_num_classes,
-                      synthetic_noise, seed)
-  if name in ("cifar10", "cifar100"):
-    root = os.path.expanduser(data_dir or _TFDS_DEFAULT_DIR)
-    arrays = _read_cifar(name, root)
-    return Dataset(name, *arrays, num_classes=10 if name == "cifar10" else 100,
-                   mean=_CIFAR_MEAN, std=_CIFAR_STD, augment=True)
-  if name == "fashion_mnist":
-    root = os.path.expanduser(data_dir or FASHION_MNIST_DEBIAN_DIR)
-  else:
-    root = os.path.expanduser(data_dir or _TFDS_DEFAULT_DIR)
-  arrays = _read_idx_dataset(name, root)
+def load_dataset(name: str, data_dir: str = "", *, seed: int = 0,
+                 **hyperparameters) -> FederatedArrays:
+  """Loads a registered dataset by name (`NAME` or `NAME:ARGUMENT`) from `data_dir`.
+
+  `hyperparameters` are the dataset's own settings (its config section,
+  e.g. the synthetic dataset's sizes); unset ones take the entry's defaults.
+  The arrays are checked against what the entry declares.
+  """
+  base, sep, argument = name.partition(":")
+  entry = registry.DATASETS.get(base)
+  if entry.argument and not argument:
+    raise ValueError(f"dataset {base} is named as {base}:{entry.argument}, got {name!r}")
+  if sep and not entry.argument:
+    raise ValueError(f"dataset {base} takes no argument, got {name!r}")
+  unknown = sorted(set(hyperparameters) - set(entry.hyperparameters))
+  if unknown:
+    raise ValueError(f"dataset {base} has no setting {', '.join(unknown)}; its settings: "
+                     f"{', '.join(entry.hyperparameters) or 'none'}")
+  kwargs = {**entry.hyperparameters, **hyperparameters, "data_dir": data_dir, "seed": seed}
+  if entry.argument:
+    kwargs["argument"] = argument
+  ds = entry.load(**kwargs)
+  if not isinstance(ds, FederatedArrays):
+    raise ValueError(f"dataset {base}'s loader returned {type(ds).__name__}, not "
+                     "FederatedArrays")
+  if entry.num_classes is not None and ds.num_classes != entry.num_classes:
+    raise ValueError(f"dataset {base} declares {entry.num_classes} classes, its arrays have "
+                     f"{ds.num_classes}")
+  if entry.image_shape is not None and ds.image_shape != entry.image_shape:
+    raise ValueError(f"dataset {base} declares images of shape {entry.image_shape}, its "
+                     f"arrays hold {ds.image_shape}")
+  if entry.natural_clients is not None and (ds.client_ids is not None) != entry.natural_clients:
+    raise ValueError(f"dataset {base} declares natural_clients={entry.natural_clients}, its "
+                     f"arrays {'have' if ds.client_ids is not None else 'have no'} client ids")
+  return ds
+
+
+# -------------------------------------------------------- the built-in loaders
+
+
+def load_cifar10(*, data_dir: str, seed: int) -> FederatedArrays:
+  """CIFAR-10 from the python-pickle archive (or prepared TFDS data) in `data_dir`."""
+  del seed
+  arrays = _read_cifar("cifar10", os.path.expanduser(data_dir or _TFDS_DEFAULT_DIR))
+  return FederatedArrays(*arrays, num_classes=10, mean=_CIFAR_MEAN, std=_CIFAR_STD,
+                         augment=True, name="cifar10")
+
+
+def load_cifar100(*, data_dir: str, seed: int) -> FederatedArrays:
+  """CIFAR-100 (fine labels), normalised with CIFAR-10's constants as the original."""
+  del seed
+  arrays = _read_cifar("cifar100", os.path.expanduser(data_dir or _TFDS_DEFAULT_DIR))
+  return FederatedArrays(*arrays, num_classes=100, mean=_CIFAR_MEAN, std=_CIFAR_STD,
+                         augment=True, name="cifar100")
+
+
+def _load_idx(name: str, default_dir: str, data_dir: str) -> FederatedArrays:
+  arrays = _read_idx_dataset(name, os.path.expanduser(data_dir or default_dir))
   mean, std = _IDX_STATS[name]
-  return Dataset(name, *arrays, num_classes=10, mean=mean, std=std,
-                 augment=False)
+  return FederatedArrays(*arrays, num_classes=10, mean=mean, std=std, name=name)
+
+
+def load_fashion_mnist(*, data_dir: str, seed: int) -> FederatedArrays:
+  """Fashion-MNIST from IDX files (default: where Debian's dataset-fashion-mnist puts them)."""
+  del seed
+  return _load_idx("fashion_mnist", FASHION_MNIST_DEBIAN_DIR, data_dir)
+
+
+def load_mnist(*, data_dir: str, seed: int) -> FederatedArrays:
+  """MNIST from IDX files (or prepared TFDS data) in `data_dir`."""
+  del seed
+  return _load_idx("mnist", _TFDS_DEFAULT_DIR, data_dir)
+
+
+def load_synthetic(*, data_dir: str, seed: int, train_size: int, test_size: int, height: int,
+                   width: int, channels: int, num_classes: int,
+                   noise: float = 2.5) -> FederatedArrays:
+  """The deterministic synthetic dataset (see `_synthetic`); `data_dir` is unused."""
+  del data_dir
+  return _synthetic(train_size, test_size, (height, width, channels), num_classes, noise, seed)
+
+
+def load_npz(*, argument: str, data_dir: str, seed: int) -> FederatedArrays:
+  """`npz:PATH`: arrays x_train, y_train, x_test, y_test[, client_train] (data.readers)."""
+  del data_dir, seed
+  return readers.read_npz(os.path.expanduser(argument))
+
+
+def load_tfds(*, argument: str, data_dir: str, seed: int) -> FederatedArrays:
+  """`tfds:NAME`: a prepared TFDS image-classification dataset in `data_dir`."""
+  del seed
+  return readers.read_tfds(argument, os.path.expanduser(data_dir or _TFDS_DEFAULT_DIR))
+
+
+def load_leaf(*, argument: str, data_dir: str, seed: int) -> FederatedArrays:
+  """`leaf:DIR`: LEAF JSON files in DIR/train and DIR/test; the users are the clients."""
+  del data_dir, seed
+  return readers.read_leaf(os.path.expanduser(argument))
 
 
 def _first_line(e: BaseException) -> str:
@@ -99,7 +157,7 @@ def _read_cifar(name: str, root: str):
       if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ValueError(f"data shape {data.shape}, {len(labels)} labels")
     except (KeyError, ValueError, TypeError) as e:
-      raise UserError(
+      raise ValueError(
           f"malformed CIFAR batch in {where}: {_first_line(e)}") from e
     # Rows are channel-major (3 x 32 x 32); models want NHWC.
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
@@ -109,9 +167,9 @@ def _read_cifar(name: str, root: str):
       path = os.path.join(root, folder, f)
       try:
         with open(path, "rb") as fh:
-          return pickle.load(fh, encoding="bytes")
+          return _unpickle(fh)
       except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise UserError(
+        raise ValueError(
             f"cannot read CIFAR file {path}: {_first_line(e)}") from e
     where = os.path.join(root, folder)
     return (*convert([load(f) for f in train], where),
@@ -122,19 +180,40 @@ def _read_cifar(name: str, root: str):
       with tarfile.open(tar_path, "r:gz") as tar:
         def load(f):
           member = tar.extractfile(f"{folder}/{f}")
-          return pickle.load(member, encoding="bytes")
+          return _unpickle(member)
         tr, te = [load(f) for f in train], [load(f) for f in test]
     except (OSError, KeyError, TypeError, tarfile.TarError,
             pickle.UnpicklingError, EOFError, ValueError) as e:
-      raise UserError(
+      raise ValueError(
           f"cannot read CIFAR archive {tar_path}: {_first_line(e)}") from e
     return (*convert(tr, tar_path), *convert(te, tar_path))
   if os.path.isdir(os.path.join(root, name)):
     return _read_tfds(name, root)
-  raise UserError(
+  raise ValueError(
       f"{name} not found: looked for {folder}/, {tarball} and prepared TFDS "
       f"{name}/ in {root}; download {tarball} into {root} or point "
       "--config.data.dir at it; TFDS download needs internet")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+  """Loads a CIFAR batch: dicts, lists, bytes and NumPy arrays, and nothing else.
+
+  A pickle may name any callable; a downloaded archive is data, so every
+  global but NumPy's array reconstruction is refused.
+  """
+  _ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+              for name in ("_reconstruct", "scalar")} | {
+                  ("numpy", "ndarray"), ("numpy", "dtype"),
+                  ("_codecs", "encode")}  # how protocol-2 pickles from Python 3 store bytes
+
+  def find_class(self, module: str, name: str):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not CIFAR data)")
+    return super().find_class(module, name)
+
+
+def _unpickle(fh) -> Any:
+  return _BatchUnpickler(fh, encoding="bytes").load()
 
 
 def _get(batch: dict, key: bytes) -> Any:
@@ -160,7 +239,7 @@ def _read_idx_dataset(name: str, root: str):
       images = _read_idx(found[img_file], 3)
       labels = _read_idx(found[lbl_file], 1)
       if len(images) != len(labels):
-        raise UserError(f"{found[img_file]} has {len(images)} images but "
+        raise ValueError(f"{found[img_file]} has {len(images)} images but "
                         f"{found[lbl_file]} has {len(labels)} labels")
       out += [images[..., None], labels.astype(np.int32)]
     return tuple(out)
@@ -173,7 +252,7 @@ def _read_idx_dataset(name: str, root: str):
   else:
     how = (f"download the four MNIST IDX files into {root} or point "
            "--config.data.dir at them; TFDS download needs internet")
-  raise UserError(f"{name} not found: looked for {names} and prepared TFDS "
+  raise ValueError(f"{name} not found: looked for {names} and prepared TFDS "
                   f"{name}/ in {root}; {how}")
 
 
@@ -184,14 +263,14 @@ def _read_idx(path: str, ndim: int) -> np.ndarray:
     with opener(path, "rb") as f:
       raw = f.read()
   except (OSError, EOFError, gzip.BadGzipFile) as e:
-    raise UserError(f"cannot read IDX file {path}: {_first_line(e)}") from e
+    raise ValueError(f"cannot read IDX file {path}: {_first_line(e)}") from e
   header = 4 + 4 * ndim
   if len(raw) < header or raw[:4] != bytes([0, 0, 0x08, ndim]):
-    raise UserError(f"{path} is not a {ndim}-d unsigned-byte IDX file "
+    raise ValueError(f"{path} is not a {ndim}-d unsigned-byte IDX file "
                     "(bad magic number)")
   dims = struct.unpack(f">{ndim}I", raw[4:header])
   if len(raw) - header != int(np.prod(dims)):
-    raise UserError(f"{path} is truncated or corrupt: header says {dims} "
+    raise ValueError(f"{path} is truncated or corrupt: header says {dims} "
                     f"but it holds {len(raw) - header} bytes of data")
   return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
@@ -211,7 +290,7 @@ def _read_tfds(name: str, root: str):
     except Exception as e:  # pylint: disable=broad-except
       # TFDS signals missing files, TFRecord-only data and a missing image
       # codec (pillow/opencv) with assorted exception types.
-      raise UserError(f"cannot read TFDS {name} ({split}) from {root}: "
+      raise ValueError(f"cannot read TFDS {name} ({split}) from {root}: "
                       f"{_first_line(e)}") from e
     out += [images, labels]
   return tuple(out)
@@ -254,7 +333,7 @@ def _upsample_matrix(out: int, grid: int) -> np.ndarray:
 
 def _synthetic(train_size: int, test_size: int, shape: tuple[int, ...],
                num_classes: int, noise: float, seed: int,
-               pixel_noise: int = 24) -> Dataset:
+               pixel_noise: int = 24) -> FederatedArrays:
   """Smooth per-class templates plus low-frequency and pixel noise.
 
   Each class is a random coarse grid (4x4 for 3 channels, 7x7 for 1, so
@@ -266,10 +345,10 @@ def _synthetic(train_size: int, test_size: int, shape: tuple[int, ...],
   generation is mostly one GEMM per chunk.
   """
   if len(shape) != 3 or min(shape) < 1:
-    raise UserError(
+    raise ValueError(
         f"synthetic image shape must be (H, W, C) > 0, got {shape}")
   if train_size < 1 or test_size < 1 or num_classes < 2 or noise < 0:
-    raise UserError(
+    raise ValueError(
         "synthetic data needs train/test size >= 1, num_classes >= 2 and "
         f"noise >= 0 (got {train_size}, {test_size}, {num_classes}, {noise})")
   rng = np.random.default_rng(seed)
@@ -304,8 +383,8 @@ def _synthetic(train_size: int, test_size: int, shape: tuple[int, ...],
   train_images, train_labels = generate(train_size)
   test_images, test_labels = generate(test_size)
   sample = train_images[:2000].astype(np.float32) / 255
-  return Dataset("synthetic", train_images, train_labels, test_images,
-                 test_labels, num_classes=num_classes,
-                 mean=tuple(float(v) for v in sample.mean((0, 1, 2))),
-                 std=tuple(float(v) for v in sample.std((0, 1, 2))),
-                 augment=tuple(shape) == (32, 32, 3))
+  return FederatedArrays(train_images, train_labels, test_images, test_labels,
+                         num_classes=num_classes,
+                         mean=tuple(float(v) for v in sample.mean((0, 1, 2))),
+                         std=tuple(float(v) for v in sample.std((0, 1, 2))),
+                         augment=tuple(shape) == (32, 32, 3), name="synthetic")

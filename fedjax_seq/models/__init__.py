@@ -1,5 +1,5 @@
-"""Flax models and the registry that builds them from a name."""
+"""Flax models and how a registered model is built from its name."""
 
-from fedjax_seq.models.registry import MODELS, get_model, initialize, uses_lax_conv
+from fedjax_seq.models.registry import get_model, initialize, uses_lax_conv
 
-__all__ = ["MODELS", "get_model", "initialize", "uses_lax_conv"]
+__all__ = ["get_model", "initialize", "uses_lax_conv"]

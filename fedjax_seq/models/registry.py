@@ -1,15 +1,17 @@
-"""Builds a model from `config.model.name`."""
+"""Builds a model from its registry entry (`fedjax_seq.registry.MODELS`)."""
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
 
-from fedjax_seq.errors import UserError
-from fedjax_seq.models.lenet import LeNet, MLP
+from fedjax_seq import registry
 
-MODELS = ("lenet", "mlp")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+CONV_IMPLS = ("auto", "xla", "im2col")
 
 
 def default_conv_impl(backend: str) -> str:
@@ -25,30 +27,70 @@ def _init(model, key: jax.Array, example: jax.Array):
 def initialize(model, key: jax.Array, images: np.ndarray):
   """`model.init` on one example, jitted: one compile instead of one per initialiser.
 
-  Eagerly, every weight's uniform draw compiled a program of its own (~1 s at
-  a command's start); the jitted init gives the same bits (tests/test_models.py).
-  Equal modules share the compiled init (modules compare by their fields).
+  Same bits as the eager init (tests/test_models.py). Equal modules share the
+  compiled init (modules compare by their fields).
   """
   return _init(model, key, np.asarray(images[:1], np.float32))
 
 
-def uses_lax_conv(model) -> bool:
-  """Whether the model has `lax.conv` layers (slow inside loops on XLA:CPU)."""
-  return getattr(model, "conv_impl", None) == "xla"
+@functools.lru_cache(maxsize=64)
+def _has_lax_conv(model, image_shape: tuple[int, ...]) -> bool:
+  def forward(x):
+    return model.apply(model.init(jax.random.key(0), x), x)
+
+  jaxpr = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return any(e.primitive.name == "conv_general_dilated" for e in _equations(jaxpr.jaxpr))
+
+
+def _equations(jaxpr):
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      yield from _equations(sub)
+
+
+def uses_lax_conv(model, image_shape: tuple[int, ...]) -> bool:
+  """Whether the model's forward pass holds `lax.conv` (slow inside loops on XLA:CPU).
+
+  Read from the traced program, so it holds for any flax module.
+  """
+  return _has_lax_conv(model, tuple(image_shape))
+
+
+def check_options(name: str, *, conv_impl: str = "auto", compute_dtype: str = "float32",
+                  hyperparameters: dict | None = None) -> registry.Model:
+  """Refuses settings the model's entry does not take, before anything is built."""
+  entry = registry.MODELS.get(name)
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"unknown compute_dtype {compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
+  if compute_dtype != "float32" and "dtype" not in entry.options:
+    raise ValueError(f"model {name} takes no compute_dtype (its computation is its own); "
+                     "leave it float32")
+  if conv_impl != "auto" and "conv_impl" not in entry.options:
+    raise ValueError(f"model {name} takes no conv_impl (it has no fedjax_seq.models.layers.Conv "
+                     "to switch); leave it auto")
+  unknown = sorted(set(hyperparameters or {}) - set(entry.hyperparameters))
+  if unknown:
+    raise ValueError(f"model {name} has no setting {', '.join(unknown)}; its settings: "
+                     f"{', '.join(entry.hyperparameters) or 'none'}")
+  return entry
 
 
 def get_model(name: str, num_classes: int, *, conv_impl: str = "auto",
-              compute_dtype: str = "float32"):
-  """Returns a Flax module; `conv_impl` "auto" picks per backend."""
-  if compute_dtype not in ("float32", "bfloat16"):
-    raise UserError(f"unknown compute dtype {compute_dtype!r}; valid: float32, bfloat16")
-  dtype = jnp.dtype(compute_dtype)
-  if name == "lenet":
-    if conv_impl == "auto":
-      conv_impl = default_conv_impl(jax.default_backend())
-    if conv_impl not in ("xla", "im2col"):
-      raise UserError(f"unknown conv impl {conv_impl!r}; valid: auto, xla, im2col")
-    return LeNet(num_classes=num_classes, conv_impl=conv_impl, dtype=dtype)
-  if name == "mlp":
-    return MLP(num_classes=num_classes, dtype=dtype)
-  raise UserError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+              compute_dtype: str = "float32", hyperparameters: dict | None = None):
+  """The flax module of a registered model; `conv_impl` "auto" picks per backend.
+
+  `hyperparameters` are the model's own settings (its config section
+  `config.model.NAME`); unset ones take the entry's defaults.
+  """
+  entry = check_options(name, conv_impl=conv_impl, compute_dtype=compute_dtype,
+                        hyperparameters=hyperparameters)
+  kwargs = {**entry.hyperparameters, **(hyperparameters or {})}
+  if "dtype" in entry.options:
+    kwargs["dtype"] = jnp.dtype(compute_dtype)
+  if "conv_impl" in entry.options:
+    kwargs["conv_impl"] = (default_conv_impl(jax.default_backend()) if conv_impl == "auto"
+                           else conv_impl)
+  return entry.build(num_classes, **kwargs)

@@ -11,16 +11,14 @@
 3. Grouping under max_clients / min_examples (`superclients.grouping`).
 """
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fedjax_seq.data.federated import FedData, Preprocess
-
-REPRESENTATIONS = ("confidence", "classifier_last", "classifier_last2", "classifier_all")
-
+from fedjax_seq.superclients import grouping
 
 def map_clients(fn: Callable, client_ids: np.ndarray, strategy: str, chunk: int,
                 progress: Callable[[int, int], None] | None = None):
@@ -84,41 +82,97 @@ def confidence_vectors(apply_fn: Callable, preprocess: Preprocess, models, image
                    for i in range(k)])
 
 
-def dense_kernels(models) -> list[np.ndarray]:
-  """Flattened kernels of the dense layers (`fc*`, in order), each (K, -1)."""
-  layers = models["params"]
-  names = sorted((n for n in layers if n.startswith("fc")), key=lambda n: int(n[2:]))
+class Evaluation(NamedTuple):
+  """What a representation reads: the K pre-trained evaluator models and their context."""
+  models: Any                   # the evaluator's parameters, stacked with leading axis K
+  apply_fn: Callable            # the evaluator's `apply`
+  classifier: tuple[str, ...]   # its declared classifier layers, in call order (may be empty)
+  preprocess: Preprocess
+  exemplars: tuple[np.ndarray, np.ndarray]  # held-out (images, labels)
+  num_classes: int
+  augment_key: jax.Array | None  # exemplar augmentation (the original's), or None
+  pca_variance: float           # variance kept by PCA of weight representations
+
+
+def confidence(ev: Evaluation) -> np.ndarray:
+  """The `confidence` representation: `confidence_vectors` on the exemplars."""
+  return confidence_vectors(ev.apply_fn, ev.preprocess, ev.models, ev.exemplars[0],
+                            ev.exemplars[1], ev.num_classes, ev.augment_key)
+
+
+def classifier_kernels(models, layers: Sequence[str]) -> list[np.ndarray]:
+  """The kernels of the named classifier layers, each flattened to (K, -1)."""
+  params = models["params"]
   k = jax.tree.leaves(models)[0].shape[0]
-  return [np.asarray(layers[n]["kernel"]).reshape(k, -1) for n in names]
+  missing = [n for n in layers if n not in params or "kernel" not in params[n]]
+  if missing:
+    raise ValueError(f"classifier layers {missing} have no kernel among the model's "
+                     f"parameters ({', '.join(params)})")
+  return [np.asarray(params[n]["kernel"]).reshape(k, -1) for n in layers]
 
 
-def classifier_representers(models, which: str) -> np.ndarray:
-  """The original's classifierLast / classifierLast2 / classifierAll (weights, no biases)."""
-  kernels = dense_kernels(models)
+def classifier_representers(models, which: str, layers: Sequence[str]) -> np.ndarray:
+  """The original's classifierLast / classifierLast2 / classifierAll (weights, no biases).
+
+  `layers` are the classifier's dense layers in call order: last = the last
+  kernel; last2 = the last then the second-last; all = every kernel in order.
+  """
+  if not layers:
+    raise ValueError(f"representation {which} needs the evaluator's classifier layers, and it "
+                     "declares none")
+  kernels = classifier_kernels(models, layers)
   if which == "classifier_last":
     return kernels[-1]
   if which == "classifier_last2":
+    if len(kernels) < 2:
+      raise ValueError("representation classifier_last2 needs a classifier of >= 2 layers, "
+                       f"the evaluator declares {list(layers)}")
     return np.concatenate([kernels[-1], kernels[-2]], axis=1)
   if which == "classifier_all":
     return np.concatenate(kernels, axis=1)
   raise ValueError(f"unknown representation {which!r}")
 
 
+def _classifier(ev: Evaluation, which: str) -> np.ndarray:
+  return grouping.pca_reduce(classifier_representers(ev.models, which, ev.classifier),
+                             ev.pca_variance)
+
+
+def classifier_last(ev: Evaluation) -> np.ndarray:
+  """The original's classifierLast: the last dense kernel, reduced by PCA."""
+  return _classifier(ev, "classifier_last")
+
+
+def classifier_last2(ev: Evaluation) -> np.ndarray:
+  """The original's classifierLast2: the last then the second-last kernel, reduced by PCA."""
+  return _classifier(ev, "classifier_last2")
+
+
+def classifier_all(ev: Evaluation) -> np.ndarray:
+  """The original's classifierAll: every classifier kernel in call order, reduced by PCA."""
+  return _classifier(ev, "classifier_all")
+
+
 def kl_from_uniform(counts: np.ndarray) -> float:
   """KL(p || uniform) of a class-count vector, in nats (0 for a balanced one)."""
-  p = counts / max(counts.sum(), 1)
-  nz = p > 0
-  return float(np.sum(p[nz] * np.log(p[nz] * len(p))))
+  return float(grouping.kl_rows(counts))
+
+
+def superclient_rows(groups, class_counts: np.ndarray) -> list[dict]:
+  """Per superclient: id, members, examples, class counts and KL from uniform."""
+  rows = []
+  for s, g in enumerate(groups):
+    counts = class_counts[list(g)].sum(0)
+    rows.append({"id": s, "clients": [int(c) for c in g], "num_examples": int(counts.sum()),
+                 "class_counts": counts.astype(int).tolist(),
+                 "kl_from_uniform": kl_from_uniform(counts)})
+  return rows
 
 
 def summary(groups: list[np.ndarray], class_counts: np.ndarray, representers: np.ndarray,
             **settings) -> dict:
   """What superclients.json records: membership, class counts, representers, statistics."""
-  sc = []
-  for s, g in enumerate(groups):
-    counts = class_counts[g].sum(0)
-    sc.append({"id": s, "clients": [int(c) for c in g], "num_examples": int(counts.sum()),
-               "class_counts": counts.astype(int).tolist(), "kl_from_uniform": kl_from_uniform(counts)})
+  sc = superclient_rows(groups, class_counts)
   kls = np.array([s["kl_from_uniform"] for s in sc])
   client_kls = np.array([kl_from_uniform(c) for c in class_counts])
   return {

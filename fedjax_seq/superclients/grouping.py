@@ -11,43 +11,46 @@ from typing import Callable
 
 import numpy as np
 
-from fedjax_seq.errors import UserError
+from fedjax_seq import registry
 
-MEASURES = ("kullback", "gini", "cosine", "wasserstein")
-METHODS = ("greedy", "kmeans", "random", "greedy_mixture")
 _PROB_TOL = 1e-6
 
 
 def requires_probabilities(measure: str) -> bool:
-  """True for the measures that only make sense on probability vectors."""
-  return measure in ("kullback", "gini")
+  """Whether a registered measure only makes sense on probability vectors."""
+  return registry.MEASURES.get(measure).needs_probabilities
 
 
-def _kullback(g: np.ndarray, c: np.ndarray) -> np.ndarray:
-  # 1 - KL(m || uniform) with natural log; 0 log 0 counts as 0.
+# The built-in measures, batched: score(group representer (D,), client representers (n, D)).
+
+
+def kullback(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """1 - KL(m || uniform) with natural log, m = (g + c) / 2; 0 log 0 counts as 0.
+
+  m is not renormalised (unlike `kl_rows`): the representers are probability
+  vectors already, and the reference scores them as they are.
+  """
   m = (g + c) / 2
   with np.errstate(divide="ignore", invalid="ignore"):
     terms = np.where(m > 0, m * np.log(m * m.shape[-1]), 0.0)
   return 1 - terms.sum(-1)
 
 
-def _gini(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+def gini(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """1 - sum(m**2), m = (g + c) / 2."""
   m = (g + c) / 2
   return 1 - np.sum(m * m, axis=-1)
 
 
-def _cosine(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+def cosine(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """1 - cos(g, c)."""
   with np.errstate(divide="ignore", invalid="ignore"):
     return 1 - (c @ g) / (np.linalg.norm(g) * np.linalg.norm(c, axis=-1))
 
 
-def _wasserstein_rows(g: np.ndarray, c: np.ndarray) -> np.ndarray:
-  # Equal-length samples with equal weights: mean gap of the sorted values.
+def wasserstein_rows(g: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """1-D Wasserstein distance between the entries of g and of each row of c (equal lengths)."""
   return np.mean(np.abs(np.sort(c, axis=-1) - np.sort(g)), axis=-1)
-
-
-_BATCHED = {"kullback": _kullback, "gini": _gini, "cosine": _cosine,
-            "wasserstein": _wasserstein_rows}
 
 
 def _wasserstein(u: np.ndarray, v: np.ndarray) -> float:
@@ -59,13 +62,8 @@ def _wasserstein(u: np.ndarray, v: np.ndarray) -> float:
   return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(points)))
 
 
-def _check_measure(name: str) -> None:
-  if name not in MEASURES:
-    raise UserError(f"unknown measure {name!r}; valid: {', '.join(MEASURES)}")
-
-
 def measure_fn(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-  """Returns measure(group_representer, client_representer), to be maximised.
+  """Returns measure(group_representer, client_representer) of a registered measure.
 
   * kullback: 1 - KL(m || uniform), m = (a + b) / 2, natural log.
   * gini: 1 - sum(m**2), m = (a + b) / 2.
@@ -74,11 +72,10 @@ def measure_fn(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
     and of `b`, each taken as an equally weighted empirical sample (lengths
     may differ).
   """
-  _check_measure(name)
+  score = registry.MEASURES.get(name).score
   if name == "wasserstein":
     return _wasserstein
-  batched = _BATCHED[name]
-  return lambda a, b: float(batched(np.asarray(a, float), np.asarray(b, float)))
+  return lambda a, b: float(score(np.asarray(a, float), np.asarray(b, float)[None])[0])
 
 
 def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
@@ -95,9 +92,9 @@ def pca_reduce(x: np.ndarray, variance: float) -> np.ndarray:
   from sklearn.decomposition import PCA
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != 2 or x.shape[0] < 1:
-    raise UserError(f"pca_reduce needs a non-empty 2-D array, got {x.shape}")
+    raise ValueError(f"pca_reduce needs a non-empty 2-D array, got {x.shape}")
   if not 0 < variance <= 1:
-    raise UserError(f"PCA variance must be in (0, 1], got {variance}")
+    raise ValueError(f"PCA variance must be in (0, 1], got {variance}")
   if x.shape[0] < 2 or not np.any(x != x[0]):
     return np.zeros((x.shape[0], 1))
   out = PCA(n_components=None if variance == 1 else variance, svd_solver="full").fit_transform(x)
@@ -121,30 +118,57 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
                   method: str, measure: str = "kullback", max_clients: int,
                   min_examples: int, num_classes: int,
                   rng: np.random.Generator) -> list[np.ndarray]:
-  """Returns one int64 array of client ids per superclient.
+  """Forms superclients with a registered grouping: one int64 array of client ids each.
 
-  Groups are filled one at a time: a group takes its next client while it is
-  empty, or while it has fewer than `min_examples` examples and fewer than
-  `max_clients` clients; otherwise it closes and the next one opens. The
-  next client comes from
-  * `greedy`: the remaining client maximising `measure(group representer,
-    client representer)`. The group representer is the size-weighted mean
-    of its members (the uniform vector 1/D while empty; the plain mean if its
-    members hold no examples). As in the reference, a client is chosen only
-    if its value is > 0 (NaN never is) and the first one wins ties; if none
-    qualifies, the lowest-id remaining client is taken.
-  * `kmeans`: k-means with k = min(num_classes, K) splits the clients into
-    homogeneous clusters; one cycle over the clusters, kept across groups,
-    takes the highest-id remaining client of each non-empty cluster in turn.
-    `measure` is unused.
-  * `random`: a permutation from `rng`; `representers` is unused.
-  * `greedy_mixture` (ours, not in the paper; `measure` is unused): the
-    remaining client whose addition leaves the group closest to uniform,
-    i.e. the lowest KL(size-weighted mixture of the group and the client ||
-    uniform), first one on ties; then, after redistribution, pairwise swaps
-    between superclients on the estimated class counts (size x representer)
-    while a swap lowers the sum of the two superclients' KL from uniform
-    (`refine_by_swaps`). Needs probability vectors (`confidence`).
+  Checks the arguments, calls the grouping's `group` (with the measure's
+  score when it uses one) and checks that every client lands in exactly one
+  non-empty superclient. The built-in groupings are `greedy`, `kmeans`,
+  `random` and `greedy_mixture` (below).
+  """
+  entry = registry.GROUPINGS.get(method)
+  score = registry.MEASURES.get(measure).score if entry.uses_measure else None
+  if max_clients < 1:
+    raise ValueError(f"max_clients must be >= 1, got {max_clients}")
+  if min_examples < 0:
+    raise ValueError(f"min_examples must be >= 0, got {min_examples}")
+  sizes = np.asarray(sizes)
+  n = len(sizes)
+  if sizes.ndim != 1 or n < 1 or np.any(sizes < 0):
+    raise ValueError("sizes must be a non-empty 1-D array of non-negative "
+                     f"example counts, got shape {sizes.shape}")
+  reps = np.asarray(representers, dtype=np.float64)
+  if entry.needs_representers:
+    if reps.ndim != 2 or len(reps) != n or not np.all(np.isfinite(reps)):
+      raise ValueError(f"representers must be finite with shape ({n}, D), got shape {reps.shape}")
+    needs = (entry.needs_probabilities or
+             (entry.uses_measure and registry.MEASURES.get(measure).needs_probabilities))
+    if needs and not is_probabilities(reps):
+      what = f"measure {measure!r}" if not entry.needs_probabilities else f"grouping {method!r}"
+      raise ValueError(f"{what} needs probability vectors (rows non-negative, summing to 1): "
+                       "use the `confidence` representation or another measure")
+  groups = entry.group(reps, sizes, measure=score, max_clients=max_clients,
+                       min_examples=min_examples, num_classes=num_classes, rng=rng)
+  groups = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
+  ids = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+  if not groups or min(len(g) for g in groups) < 1 or np.sort(ids).tolist() != list(range(n)):
+    raise ValueError(f"grouping {method!r} must put each of the {n} clients in exactly one "
+                     "non-empty superclient")
+  return groups
+
+
+def is_probabilities(reps: np.ndarray) -> bool:
+  """Whether every row is non-negative and sums to 1 (within 1e-6)."""
+  return not (np.any(reps < 0) or np.any(np.abs(reps.sum(1) - 1) > _PROB_TOL))
+
+
+def fill_groups(pick: Callable[[list[int]], int], sizes: np.ndarray, max_clients: int,
+                min_examples: int) -> list[np.ndarray]:
+  """Fills superclients one at a time with the clients `pick(group)` chooses.
+
+  A group takes its next client while it is empty, or while it has fewer
+  than `min_examples` examples and fewer than `max_clients` clients;
+  otherwise it closes and the next one opens. `pick` is called once per
+  client with the open group's members and returns a client not yet taken.
 
   Only the last group is checked against `min_examples` (earlier groups close
   short only on `max_clients`). If it is short and other groups exist, the
@@ -153,65 +177,8 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
   client of the short group while it has room. If it is the only group, it
   is kept. Clients appear in the order they were added.
   """
-  if method not in METHODS:
-    raise UserError(f"unknown grouping method {method!r}; valid: "
-                    f"{', '.join(METHODS)}")
-  _check_measure(measure)
-  if max_clients < 1:
-    raise UserError(f"max_clients must be >= 1, got {max_clients}")
-  if min_examples < 0:
-    raise UserError(f"min_examples must be >= 0, got {min_examples}")
-  sizes = np.asarray(sizes)
-  n = len(sizes)
-  if sizes.ndim != 1 or n < 1 or np.any(sizes < 0):
-    raise UserError("sizes must be a non-empty 1-D array of non-negative "
-                    f"example counts, got shape {sizes.shape}")
-  if method != "random":
-    reps = np.asarray(representers, dtype=np.float64)
-    if reps.ndim != 2 or len(reps) != n or not np.all(np.isfinite(reps)):
-      raise UserError(f"representers must be finite with shape ({n}, D), "
-                      f"got shape {reps.shape}")
-
-  if method == "greedy":
-    if requires_probabilities(measure) and (
-        np.any(reps < 0) or np.any(np.abs(reps.sum(1) - 1) > _PROB_TOL)):
-      raise UserError(f"measure {measure!r} needs probability vectors (rows "
-                      "non-negative, summing to 1): use the `confidence` "
-                      "representation or another measure")
-    score = _BATCHED[measure]
-    left = list(range(n))
-
-    def pick(group: list[int]) -> int:
-      if not group:
-        rep = np.full(reps.shape[1], 1 / reps.shape[1])
-      elif sizes[group].sum() > 0:
-        rep = sizes[group] @ reps[group] / sizes[group].sum()
-      else:
-        rep = reps[group].mean(axis=0)
-      values = np.nan_to_num(score(rep, reps[left]), nan=-np.inf)
-      best = int(np.argmax(values))
-      return left.pop(best if values[best] > 0 else 0)
-  elif method == "kmeans":
-    if num_classes < 1:
-      raise UserError(f"num_classes must be >= 1, got {num_classes}")
-    labels = kmeans_labels(reps, min(num_classes, n), rng)
-    cycle = itertools.cycle([list(np.flatnonzero(labels == j))
-                             for j in range(min(num_classes, n))])
-
-    def pick(group: list[int]) -> int:
-      del group
-      cluster = next(cycle)
-      while not cluster:
-        cluster = next(cycle)
-      return int(cluster.pop())
-  elif method == "greedy_mixture":
-    pick = _mixture_picker(reps, sizes)
-  else:
-    order = iter(rng.permutation(n).tolist())
-    pick = lambda group: next(order)
-
   groups, group, examples = [], [], 0
-  for _ in range(n):
+  for _ in range(len(sizes)):
     if group and not (examples < min_examples and len(group) < max_clients):
       groups.append(group)
       group, examples = [], 0
@@ -222,8 +189,86 @@ def group_clients(representers: np.ndarray, sizes: np.ndarray, *,
     groups.append(group)
   else:
     _redistribute(group, groups, sizes, max_clients, min_examples)
-  if method == "greedy_mixture":
-    groups = refine_by_swaps(groups, sizes[:, None] * reps, sizes, min_examples)
+  return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
+# The built-in groupings (registered in fedjax_seq/registry.py).
+
+
+def greedy(reps: np.ndarray, sizes: np.ndarray, *, measure: Callable, max_clients: int,
+           min_examples: int, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
+  """The paper's greedy fill: the remaining client maximising measure(group, client).
+
+  The group representer is the size-weighted mean of its members (the
+  uniform vector 1/D while empty; the plain mean if its members hold no
+  examples). As in the reference, a client is chosen only if its value is
+  > 0 (NaN never is) and the first one wins ties; if none qualifies, the
+  lowest-id remaining client is taken.
+  """
+  del num_classes, rng
+  left = list(range(len(sizes)))
+
+  def pick(group: list[int]) -> int:
+    if not group:
+      rep = np.full(reps.shape[1], 1 / reps.shape[1])
+    elif sizes[group].sum() > 0:
+      rep = sizes[group] @ reps[group] / sizes[group].sum()
+    else:
+      rep = reps[group].mean(axis=0)
+    values = np.nan_to_num(measure(rep, reps[left]), nan=-np.inf)
+    best = int(np.argmax(values))
+    return left.pop(best if values[best] > 0 else 0)
+
+  return fill_groups(pick, sizes, max_clients, min_examples)
+
+
+def kmeans(reps: np.ndarray, sizes: np.ndarray, *, measure: None, max_clients: int,
+           min_examples: int, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
+  """k-means with k = min(num_classes, K) splits the clients into homogeneous clusters.
+
+  One cycle over the clusters, kept across groups, takes the highest-id
+  remaining client of each non-empty cluster in turn.
+  """
+  del measure
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  k = min(num_classes, len(sizes))
+  labels = kmeans_labels(reps, k, rng)
+  cycle = itertools.cycle([list(np.flatnonzero(labels == j)) for j in range(k)])
+
+  def pick(group: list[int]) -> int:
+    del group
+    cluster = next(cycle)
+    while not cluster:
+      cluster = next(cycle)
+    return int(cluster.pop())
+
+  return fill_groups(pick, sizes, max_clients, min_examples)
+
+
+def random(reps: np.ndarray, sizes: np.ndarray, *, measure: None, max_clients: int,
+           min_examples: int, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
+  """Clients in the order of a permutation drawn from `rng`; `reps` is unused."""
+  del reps, measure, num_classes
+  order = iter(rng.permutation(len(sizes)).tolist())
+  return fill_groups(lambda group: next(order), sizes, max_clients, min_examples)
+
+
+def greedy_mixture(reps: np.ndarray, sizes: np.ndarray, *, measure: None, max_clients: int,
+                   min_examples: int, num_classes: int,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+  """Ours, not in the paper: the client that leaves the group closest to uniform.
+
+  The remaining client whose addition gives the lowest KL(size-weighted
+  mixture of the group and the client || uniform), first one on ties; then,
+  after redistribution, pairwise swaps between superclients on the estimated
+  class counts (size x representer) while a swap lowers the sum of the two
+  superclients' KL from uniform (`refine_by_swaps`). Needs probability
+  vectors.
+  """
+  del measure, num_classes, rng
+  groups = fill_groups(_mixture_picker(reps, sizes), sizes, max_clients, min_examples)
+  groups = refine_by_swaps(groups, sizes[:, None] * reps, sizes, min_examples)
   return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
@@ -236,10 +281,10 @@ def check_feasible(sizes: np.ndarray, max_clients: int, min_examples: int) -> No
   """
   sizes = np.sort(np.asarray(sizes))[::-1]
   if len(sizes) > max_clients and sizes[:max_clients].sum() < min_examples:
-    raise UserError(
+    raise ValueError(
         f"cannot form superclients: the {max_clients} largest clients hold "
         f"{int(sizes[:max_clients].sum())} < min_examples={min_examples} examples; raise "
-        "config.fedseq.max_clients or lower config.fedseq.min_examples")
+        "max_clients or lower min_examples")
 
 
 def _redistribute(short: list[int], groups: list[list[int]],
@@ -248,11 +293,11 @@ def _redistribute(short: list[int], groups: list[list[int]],
   """Moves every client of the short last group into `groups`, in place."""
   room = sum(max_clients - len(g) for g in groups)
   if room < len(short):
-    raise UserError(
+    raise ValueError(
         f"cannot form superclients: the last group has {len(short)} clients "
         f"and {int(sizes[short].sum())} < min_examples={min_examples} "
         f"examples, and the others have room for {room} more clients; raise "
-        "config.fedseq.max_clients or lower config.fedseq.min_examples")
+        "max_clients or lower min_examples")
   open_groups = sorted((g for g in groups if len(g) < max_clients),
                        key=lambda g: int(sizes[g].sum()))
   while short:
@@ -276,9 +321,6 @@ def kl_rows(counts: np.ndarray) -> np.ndarray:
 
 def _mixture_picker(reps: np.ndarray, sizes: np.ndarray) -> Callable[[list[int]], int]:
   """`greedy_mixture`'s choice: the client that leaves the group closest to uniform."""
-  if np.any(reps < 0) or np.any(np.abs(reps.sum(1) - 1) > _PROB_TOL):
-    raise UserError("grouping 'greedy_mixture' needs probability vectors (rows non-negative, "
-                    "summing to 1): use the `confidence` representation")
   weights = np.asarray(sizes, dtype=np.float64)
   left = list(range(len(reps)))
 

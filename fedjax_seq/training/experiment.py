@@ -8,8 +8,7 @@ import dataclasses
 import json
 import os
 import re
-import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import jax
 import ml_collections
@@ -25,9 +24,14 @@ from fedjax_seq.core.sharding import globalize, make_mesh
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
 from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
+from fedjax_seq import registry as registry_lib
+from fedjax_seq.data.arrays import FederatedArrays
 from fedjax_seq.errors import UserError
-from fedjax_seq.models import MODELS, get_model, initialize, uses_lax_conv
-from fedjax_seq.superclients import formation, grouping
+from fedjax_seq.models import initialize
+from fedjax_seq.models import registry as model_registry
+from fedjax_seq.superclients import formation
+from fedjax_seq.training import components
+from fedjax_seq.training import superclients as superclients_lib
 from fedjax_seq.training.evaluate import make_evaluator
 
 ALGORITHMS = registry.ALGORITHMS  # the one list of names (a live view: `register` adds to it)
@@ -119,8 +123,13 @@ def _validate_algorithms(config, names: list[str]) -> None:
            f"config.server.lr=1, got {config.server.optimizer} with lr {config.server.lr}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, *, user_model: bool = False,
+             user_data: bool = False) -> None:
   """Raises UserError for any out-of-range or unknown value, naming its config field.
+
+  Reads only the config and the registries' declarations: nothing is loaded.
+  `user_model` / `user_data`: a module / arrays are passed to `build`, so the
+  config's model / dataset name is not used.
 
   Algorithm, rule, server-optimizer and FedSeq chain settings are checked by
   the constructors that use them (a ValueError, named here by its field).
@@ -128,9 +137,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c = config
   _check(c.algorithm.name in ALGORITHMS,
          f"unknown algorithm {c.algorithm.name!r}; valid: {', '.join(ALGORITHMS)}")
-  _check(c.data.name in sources.DATASETS,
-         f"unknown dataset {c.data.name!r}; valid: {', '.join(sources.DATASETS)}")
-  _check(c.model.name in MODELS, f"unknown model {c.model.name!r}; valid: {', '.join(MODELS)}")
+  _validate_data(c, user_data)
+  _validate_models(c, user_model)
   _check(c.engine.client_state in CLIENT_STATES,
          f"unknown engine.client_state {c.engine.client_state!r}; valid: "
          f"{', '.join(CLIENT_STATES)}")
@@ -166,28 +174,79 @@ def validate(config: ml_collections.ConfigDict) -> None:
   chain_options(c)
   bank_options(c)
   f = c.fedseq
-  _check(f.grouping in grouping.METHODS,
-         f"unknown fedseq.grouping {f.grouping!r}; valid: {', '.join(grouping.METHODS)}")
-  _check(f.measure in grouping.MEASURES,
-         f"unknown fedseq.measure {f.measure!r}; valid: {', '.join(grouping.MEASURES)}")
-  _check(f.representation in formation.REPRESENTATIONS,
-         f"unknown fedseq.representation {f.representation!r}; valid: "
-         f"{', '.join(formation.REPRESENTATIONS)}")
-  _check(not (grouping.requires_probabilities(f.measure) and f.representation != "confidence"),
-         f"fedseq.measure={f.measure} needs probability vectors: use "
-         "fedseq.representation=confidence or measure cosine/wasserstein")
-  _check(f.evaluator_model in MODELS,
-         f"unknown fedseq.evaluator_model {f.evaluator_model!r}; valid: {', '.join(MODELS)}")
+  _validate_formation(c, user_model)
   _check(f.max_clients >= 1, f"config.fedseq.max_clients must be >= 1, got {f.max_clients}")
   _check(f.min_examples >= 0, f"config.fedseq.min_examples must be >= 0, got {f.min_examples}")
   _check(f.pretrain_epochs >= 1,
          f"config.fedseq.pretrain_epochs must be >= 1, got {f.pretrain_epochs}")
   _check(f.pretrain_chunk >= 1, f"config.fedseq.pretrain_chunk must be >= 1, got {f.pretrain_chunk}")
   _check(0 < f.pca_variance <= 1, f"config.fedseq.pca_variance must be in (0, 1], got {f.pca_variance}")
-  _check(c.model.compute_dtype in ("float32", "bfloat16"),
-         f"unknown model.compute_dtype {c.model.compute_dtype!r}; valid: float32, bfloat16")
-  _check(c.model.conv_impl in ("auto", "xla", "im2col"),
-         f"unknown model.conv_impl {c.model.conv_impl!r}; valid: auto, xla, im2col")
+
+
+def _validate_data(config, user_data: bool = False) -> None:
+  """The dataset's name, argument and own section, from its registry entry (nothing loaded)."""
+  d = config.data
+  if user_data:
+    return
+  base, sep, argument = d.name.partition(":")
+  _check(base in registry_lib.DATASETS, f"unknown config.data.name {d.name!r}; valid: "
+         f"{', '.join(f'{n}:{e.argument}' if e.argument else n for n, e in registry_lib.DATASETS.items())}")
+  entry = registry_lib.DATASETS.get(base)
+  _check(not (entry.argument and not argument),
+         f"config.data.name={d.name}: dataset {base} is named as {base}:{entry.argument}")
+  _check(entry.argument or not sep, f"config.data.name={d.name}: dataset {base} takes no argument")
+  if entry.argument:
+    try:
+      entry.check(argument)
+    except ValueError as e:
+      raise UserError(f"config.data.name={d.name}: {e}") from None
+  own = components.section(d, base, entry.hyperparameters)
+  unknown = sorted(set(own) - set(entry.hyperparameters))
+  _check(not unknown, f"config.data.{base} has fields {unknown} that dataset {base} does not take")
+
+
+def _validate_models(config, user_model: bool = False) -> None:
+  """The training and evaluator models and their settings, from their registry entries."""
+  m = config.model
+  names = {"model.name": m.name} if not user_model else {}
+  evaluator = config.fedseq.evaluator_model
+  if evaluator:
+    names["fedseq.evaluator_model"] = evaluator
+  for path, name in names.items():
+    _check(name in registry_lib.MODELS,
+           f"unknown config.{path} {name!r}; valid: {', '.join(registry_lib.MODELS)}")
+    entry = registry_lib.MODELS.get(name)
+    _checked(lambda: model_registry.check_options(
+        name, conv_impl=m.conv_impl, compute_dtype=m.compute_dtype,
+        hyperparameters=components.section(m, name, entry.hyperparameters)),
+        {"compute_dtype": "config.model.compute_dtype", "conv_impl": "config.model.conv_impl"})
+  if user_model:
+    _check(m.compute_dtype == "float32" and m.conv_impl == "auto",
+           "config.model.compute_dtype and config.model.conv_impl apply to registered models; a "
+           "model passed to build() computes as it is written: leave them float32 and auto")
+
+
+def _validate_formation(config, user_model: bool = False) -> None:
+  """Grouping x measure x representation x evaluator model, from their declarations."""
+  f = config.fedseq
+  for seam, name in ((registry_lib.GROUPINGS, f.grouping), (registry_lib.MEASURES, f.measure),
+                     (registry_lib.REPRESENTATIONS, f.representation)):
+    _check(name in seam, f"unknown config.fedseq.{seam.kind} {name!r}; valid: "
+                         f"{', '.join(seam.names())}")
+  runs = [config.algorithm.name, *(n.strip() for n in config.compare_with.split(",") if n.strip())]
+  if f.superclients_from or all(ALGORITHMS[n].participants != "superclients" for n in runs):
+    return
+  evaluator = f.evaluator_model or (None if user_model else config.model.name)
+  has_classifier = (registry_lib.MODELS.get(evaluator).classifier is not None
+                    if evaluator else False)
+  label = evaluator or "(the model passed to build)"
+  try:
+    registry_lib.check_formation(f.grouping, f.measure, f.representation, evaluator=label,
+                                 has_classifier=has_classifier,
+                                 exemplars=config.data.exemplars_per_class)
+  except ValueError as e:
+    raise UserError(f"config.fedseq (grouping={f.grouping}, measure={f.measure}, "
+                    f"representation={f.representation}, evaluator model {label}): {e}") from None
 
 
 @dataclasses.dataclass
@@ -200,29 +259,55 @@ class Experiment:
   evaluate: Callable
   init_params: Any
   strategy: str
+  image_shape: tuple[int, ...]
+  partition: str              # how the start-up line describes the clients
   superclients: dict | None = None  # FedSeq family: what superclients.json records
 
 
-def load_federated(config) -> tuple[sources.Dataset, list[np.ndarray], np.ndarray, np.ndarray]:
-  """Loads the dataset, splits it across clients, holds out test exemplars."""
-  d, s = config.data, config.data.synthetic
-  ds = sources.load_dataset(
-      d.name, d.dir, synthetic_train_size=s.train_size, synthetic_test_size=s.test_size,
-      synthetic_image_shape=(s.height, s.width, s.channels),
-      synthetic_num_classes=s.num_classes, seed=config.seed)
+class Federated(NamedTuple):
+  """The loaded data split across clients, with the test exemplars held out."""
+  ds: FederatedArrays
+  clients: list[np.ndarray]  # training-example indices per client
+  kept: np.ndarray           # test examples evaluated on
+  exemplars: np.ndarray      # test examples held out as FedSeq's exemplars
+  partition: str
+
+
+def load_federated(config, data: FederatedArrays | None = None) -> Federated:
+  """Loads the dataset (or takes `data`), splits it across clients, holds out test exemplars.
+
+  Arrays with client ids are split by them (a natural partition); otherwise
+  the config's partition applies.
+  """
+  d = config.data
+  if data is None:
+    base = d.name.partition(":")[0]
+    entry = registry_lib.DATASETS.get(base)
+    ds = _checked(lambda: sources.load_dataset(
+        d.name, d.dir, seed=config.seed, **components.section(d, base, entry.hyperparameters)),
+        {})
+  else:
+    ds = data
   rng = np.random.default_rng(config.seed)
-  clients = partition_lib.partition(
-      ds.train_labels, d.num_clients, ds.num_classes, alpha=d.alpha, iid=d.iid,
-      max_iter=d.max_iter_dirichlet, rebalance=d.rebalance, rng=rng)
-  if min(len(c) for c in clients) == 0:
-    raise UserError("a client received no data; lower config.data.num_clients or raise "
-                    "config.data.alpha")
-  kept, exemplars = partition_lib.hold_out_exemplars(
-      ds.test_labels, ds.num_classes, d.exemplars_per_class, rng)
+  if ds.client_ids is not None:
+    clients = ds.natural_clients()
+    partition = f"natural partition: {len(clients)} clients"
+  else:
+    clients = _checked(lambda: partition_lib.partition(
+        ds.train_labels, d.num_clients, ds.num_classes, alpha=d.alpha, iid=d.iid,
+        max_iter=d.max_iter_dirichlet, rebalance=d.rebalance, rng=rng),
+        {"num_clients": "config.data.num_clients"})
+    partition = f"{len(clients)} clients, " + ("iid" if d.iid else f"alpha={d.alpha}")
+    if min(len(c) for c in clients) == 0:
+      raise UserError("a client received no data; lower config.data.num_clients or raise "
+                      "config.data.alpha")
+  kept, exemplars = _checked(lambda: partition_lib.hold_out_exemplars(
+      ds.test_labels, ds.num_classes, d.exemplars_per_class, rng),
+      {"per_class": "config.data.exemplars_per_class"})
   if len(kept) == 0:
     raise UserError(f"no test examples left after holding out {d.exemplars_per_class} "
                     "exemplars per class; lower config.data.exemplars_per_class")
-  return ds, clients, kept, exemplars
+  return Federated(ds, clients, kept, exemplars, partition)
 
 
 def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Algorithm:
@@ -233,65 +318,6 @@ def build_algorithm(config, trainer, num_clients: int, superclients=None) -> Alg
                          bank_options(config))
   hp = hyperparameters(config, name)
   return _checked(lambda: registry.ALGORITHMS[name].build(setup, **hp), _section(name, hp))
-
-
-def make_trainer(config, model, preprocess, local_epochs: int):
-  """Local SGD as configured (lr, momentum, weight decay, batch, unroll, step cap)."""
-  c = config.client
-  return engine.make_local_trainer(
-      model.apply, preprocess, engine.SGD(c.lr, c.momentum, c.weight_decay),
-      local_epochs=local_epochs, batch_size=c.batch_size,
-      unroll=engine.resolve_unroll(config.engine.unroll, uses_lax_conv(model)),
-      max_steps=c.max_steps)
-
-
-def form_superclients(config, ds, data: FedData, client_labels: np.ndarray, exemplars,
-                      preprocess: Preprocess, strategy: str, stream=None):
-  """Pre-trains the clients, extracts representers and groups them: (groups, summary)."""
-  f = config.fedseq
-  start = time.time()
-  rng = np.random.default_rng(config.seed + 1)
-  sizes = np.asarray(data.client_sizes)
-  grouping.check_feasible(sizes, f.max_clients, f.min_examples)
-  if f.grouping == "random":  # needs no client evaluation
-    representers = np.zeros((data.num_clients, 0))
-  else:
-    model = get_model(f.evaluator_model, ds.num_classes, conv_impl=config.model.conv_impl,
-                      compute_dtype=config.model.compute_dtype)
-    trainer = make_trainer(config, model, preprocess, f.pretrain_epochs)
-    k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-    init = initialize(model, k_init, ds.train_images)
-
-    def progress(done, total):
-      if stream is not None:
-        print(f"superclient formation: pre-trained {done}/{total} clients "
-              f"({time.time() - start:.0f} s)", file=stream, flush=True)
-
-    models = formation.pretrain(trainer, init, data, k_train, strategy=strategy,
-                                chunk=f.pretrain_chunk, progress=progress)
-    if f.representation == "confidence":
-      augment_key = (jax.random.fold_in(jax.random.key(config.seed), 2)
-                     if f.augment_exemplars and preprocess.augment else None)
-      representers = formation.confidence_vectors(model.apply, preprocess, models, exemplars[0],
-                                                  exemplars[1], ds.num_classes, augment_key)
-    else:
-      representers = grouping.pca_reduce(
-          formation.classifier_representers(models, f.representation), f.pca_variance)
-  groups = grouping.group_clients(representers, sizes, method=f.grouping, measure=f.measure,
-                                  max_clients=f.max_clients, min_examples=f.min_examples,
-                                  num_classes=ds.num_classes, rng=rng)
-  counts = np.stack([np.bincount(l, minlength=ds.num_classes) for l in client_labels])
-  info = formation.summary(groups, counts, representers, grouping=f.grouping, measure=f.measure,
-                           representation=f.representation, max_clients=f.max_clients,
-                           min_examples=f.min_examples, formation_s=round(time.time() - start, 2))
-  if stream is not None:
-    st = info["statistics"]
-    print(f"superclient formation: {len(groups)} superclients, "
-          f"{st['clients_per_superclient_mean']:.1f} clients each on average, KL from uniform "
-          f"{st['kl_from_uniform_superclients_mean']:.3f} (clients: "
-          f"{st['kl_from_uniform_clients_mean']:.3f}), {info['formation_s']:.0f} s",
-          file=stream, flush=True)
-  return groups, info
 
 
 def load_groups_file(path: str, num_clients: int) -> list[np.ndarray]:
@@ -314,61 +340,75 @@ def load_groups_file(path: str, num_clients: int) -> list[np.ndarray]:
   return groups
 
 
-def groups_from_file(config, path: str, client_sizes: np.ndarray, client_labels, num_classes: int):
+def groups_from_file(config, path: str, fed: Federated) -> tuple[list[np.ndarray], dict]:
   """(groups, summary) read from a grouping file instead of forming them."""
-  groups = load_groups_file(path, len(client_sizes))
-  counts = np.stack([np.bincount(l, minlength=num_classes) for l in client_labels])
+  groups = load_groups_file(path, len(fed.clients))
   f = config.fedseq
-  info = formation.summary(groups, counts, np.zeros((len(client_sizes), 0)), grouping="file",
+  info = formation.summary(groups, superclients_lib.class_counts(fed.ds, fed.clients),
+                           np.zeros((len(fed.clients), 0)), grouping="file",
                            source=os.path.abspath(path), max_clients=f.max_clients,
                            min_examples=f.min_examples, formation_s=0.0)
   return groups, info
 
 
-def build(config, stream=None, superclients=None) -> Experiment:
-  """`superclients`: (groups, summary) from a previous run's superclients.json, or None."""
-  validate(config)
-  ds, clients, kept, exemplars = load_federated(config)
+def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess, strategy: str,
+                  stream, superclients, model) -> tuple[list[np.ndarray], dict]:
+  """(groups, summary): from a previous run, a grouping file, or formed now."""
+  if superclients is not None:  # resuming: formation is not redone
+    return superclients
+  if config.fedseq.superclients_from:
+    return groups_from_file(config, config.fedseq.superclients_from, fed)
+  evaluator = None if config.fedseq.evaluator_model else model  # "": the training model
+  try:
+    return superclients_lib.form_superclients(config, fed.ds, data, fed.clients, fed.exemplars,
+                                              preprocess, strategy, stream, evaluator)
+  except ValueError as e:  # infeasible constraints, a user grouping's bad output
+    raise UserError(f"config.fedseq: {e}") from None
+
+
+def build(config, stream=None, superclients=None, *, model=None,
+          data: FederatedArrays | None = None) -> Experiment:
+  """The run of a config; `model` (a flax module) and `data` replace the config's names.
+
+  `superclients`: (groups, summary) from a previous run's superclients.json, or None.
+  """
+  validate(config, user_model=model is not None, user_data=data is not None)
+  fed = load_federated(config, data)
+  ds, clients, kept = fed.ds, fed.clients, fed.kept
   participants = ALGORITHMS[config.algorithm.name].participants
   if participants == "pooled":  # one client holding every training example
     clients = [np.concatenate(clients)]
-  data = make_fed_data(ds.train_images, ds.train_labels, clients)
-  model = get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl,
-                    compute_dtype=config.model.compute_dtype)
+  fed_data = make_fed_data(ds.train_images, ds.train_labels, clients)
+  if model is None:
+    module, classifier = components.build_model(config, config.model.name, ds.num_classes)
+  else:
+    module, classifier = model, ()
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
-  trainer = make_trainer(config, model, preprocess, config.client.local_epochs)
+  trainer = components.make_trainer(config, module, preprocess, config.client.local_epochs,
+                                    ds.image_shape)
   strategy = engine.resolve_strategy(config.engine.strategy)
-  exemplar_set = (ds.test_images[exemplars], ds.test_labels[exemplars])
   info = None
   if participants == "superclients":
-    client_labels = [ds.train_labels[c] for c in clients]
-    if superclients is None and config.fedseq.superclients_from:
-      groups, info = groups_from_file(config, config.fedseq.superclients_from,
-                                      np.asarray(data.client_sizes), client_labels,
-                                      ds.num_classes)
-    elif superclients is None:
-      groups, info = form_superclients(config, ds, data, client_labels,
-                                       exemplar_set, preprocess, strategy, stream)
-    else:  # resuming: formation is not redone
-      groups, info = superclients
-    superclients = fedseq_lib.make_superclients(groups, np.asarray(data.client_sizes))
-  algorithm = build_algorithm(config, trainer, data.num_clients, superclients)
+    groups, info = _superclients(config, fed, fed_data, preprocess, strategy, stream,
+                                 superclients, (module, classifier))
+    superclients = fedseq_lib.make_superclients(groups, np.asarray(fed_data.client_sizes))
+  algorithm = build_algorithm(config, trainer, fed_data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
-  init_params = initialize(model, k_init, ds.train_images)
-  if (config.algorithm.name == "centralized"
-      and hyperparameters(config, "centralized")["variant"] == "original"):
-    kept = np.arange(len(ds.test_labels))  # the original's centralized run tests on all of it
-  evaluate = make_evaluator(model.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
+  init_params = initialize(module, k_init, ds.train_images)
+  if ALGORITHMS[config.algorithm.name].full_test_set(**hyperparameters(config, config.algorithm.name)):
+    kept = np.arange(len(ds.test_labels))  # e.g. the original's centralized run: all of it
+  evaluate = make_evaluator(module.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
   mesh = (_checked(lambda: make_mesh(config.mesh.num_devices),
                    {"num_devices": "config.mesh.num_devices"}) if strategy == "vmap" else None)
-  data = globalize(data, mesh)  # several processes: one global copy, converted once
+  fed_data = globalize(fed_data, mesh)  # several processes: one global copy, converted once
   round_fn = make_round(algorithm, strategy, mesh, config.engine.chunk)
   if config.engine.client_state == "host":
     if jax.process_count() > 1:
       raise UserError("engine.client_state=host is for single-process runs")
     round_fn = with_host_client_state(algorithm, round_fn)
-  return Experiment(data, model, algorithm, round_fn, evaluate, init_params, strategy, info)
+  return Experiment(fed_data, module, algorithm, round_fn, evaluate, init_params, strategy,
+                    ds.image_shape, fed.partition, info)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:

@@ -199,7 +199,7 @@ def _peak_device_bytes() -> int | None:
 def resolved_choices(config, exp) -> dict:
   """What the config's `auto` settings became on this machine, and the cohort size."""
   n, _, _ = experiment_lib.round_workload(config, exp)
-  unroll = engine.resolve_unroll(config.engine.unroll, uses_lax_conv(exp.model))
+  unroll = engine.resolve_unroll(config.engine.unroll, uses_lax_conv(exp.model, exp.image_shape))
   return {"strategy": exp.strategy, "conv_impl": getattr(exp.model, "conv_impl", None),
           "unroll": "full" if unroll is True else unroll,
           "participants": "superclients" if exp.superclients is not None else "clients",
@@ -392,7 +392,7 @@ def _run(config, workdir: str, exp, checkpointer: Checkpointer, stream,
   if primary:
     _append_run_info(os.path.join(workdir, "run.json"), info)
   print(f"fedjax_seq: {config.algorithm.name} on {config.data.name} "
-        f"({exp.data.num_clients} clients, alpha={config.data.alpha}), model "
+        f"({exp.partition}), model "
         f"{config.model.name}, backend {jax.default_backend()}, strategy {exp.strategy}, "
         f"{info['participants_per_round']} {info['participants']} per round" +
         (f"; resuming after round {start}" if start else ""), file=stream, flush=True)
