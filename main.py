@@ -15,8 +15,7 @@ from absl import logging as absl_logging
 import ml_collections
 from ml_collections import config_flags
 
-from fedjax_seq import allocator
-from fedjax_seq.errors import UserError
+from fedjax_seq import allocator, cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
@@ -40,10 +39,9 @@ datasets (--config.data.name=): {datasets}
 groupings (--config.fedseq.grouping=): {groupings}
 measures (--config.fedseq.measure=): {measures}
 representations (--config.fedseq.representation=): {representations}
-  your own: register them in a module your config file imports (README: "Bring your own
-  model and data", "Adding a grouping")
+  your own: register them in a module your config file imports (docs/bring_your_own.md)
 config fields: every field, its default and what it means is in fedjax_seq/api.py
-  (default_config; the README's "Config fields" table); --show_config prints a
+  (default_config; the field reference, docs/config_fields.md); --show_config prints a
   config's resolved fields; override any with --config.FIELD=VALUE,
   e.g. --config.client.lr=0.05 --config.data.alpha=0.2
 
@@ -78,9 +76,7 @@ def _config_error(config_arg: str, error: Exception | None = None) -> str:
         difflib.get_close_matches(os.path.relpath(os.path.abspath(path), ROOT), known, n=1)), None)
     return (f"cannot load --config: {path} does not exist" +
             (f"; did you mean {guess}?" if guess else f"; config files: {' '.join(known)}"))
-  message = str(error).replace("Configuration is not available because of an earlier failure "
-                               "to load:", "").strip()
-  return f"cannot load --config {path}: {message or type(error).__name__}"
+  return f"cannot load --config {path}: {cli.config_error(error)}"
 
 
 def _load_config(config_arg: str) -> ml_collections.ConfigDict:
@@ -130,52 +126,35 @@ def parse_flags(argv):
   if any(a in ("-h", "--help", "-help", "--helpshort", "-?") for a in argv[1:]):
     print_help()
     sys.exit(0)
-  try:
-    return FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    _fail(_explain_bad_flags(argv) or f"invalid flags: {e}")
-
-
-def _fail(message: str, code: int = 2):
-  message = " ".join(message.replace("\\n", " ").replace("\\'", "").split())
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
+  return cli.parse_flags(FLAGS, argv, _explain_bad_flags)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.config is None:
-    _fail("--config is required, e.g. --config=configs/fedseq.py (see --help)")
+    cli.fail("--config is required, e.g. --config=configs/fedseq.py (see --help)")
   try:
     config = FLAGS.config
     config.seed  # config_flags defers a config file's load error to first use.
   except OSError as e:
-    _fail(_config_error(FLAGS["config"].config_filename, e))
+    cli.fail(_config_error(FLAGS["config"].config_filename, e))
   if FLAGS.show_config:
     from fedjax_seq.training.experiment import validate
-    try:
-      validate(config)
-    except UserError as e:
-      _fail(str(e), 1)
+    cli.run(lambda: validate(config))
     print(config.to_json(indent=2, sort_keys=True))
     return
   if not FLAGS.workdir:
-    _fail("--workdir is required (or use --show_config to print the config)")
+    cli.fail("--workdir is required (or use --show_config to print the config)")
   # JAX and orbax log progress at INFO; the run prints its own.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   from fedjax_seq.core.sharding import initialize_distributed
   from fedjax_seq.training.train import Interrupted, train_and_evaluate
+  cli.run(lambda: initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                         FLAGS.process_id), code=2)
   try:
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  except UserError as e:
-    _fail(str(e))
-  try:
-    train_and_evaluate(config, FLAGS.workdir)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.run(lambda: train_and_evaluate(config, FLAGS.workdir))
   except Interrupted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(130)

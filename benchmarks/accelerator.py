@@ -1,10 +1,10 @@
 """Everything we want to know on an accelerator, in one command: one JSON and one Markdown table.
 
 Run (from the repository root; `python -m benchmarks.accelerator` works too):
-  python benchmarks/accelerator.py --out=runs/accelerator          # the full run (~6 min on a GPU)
+  python benchmarks/accelerator.py --out=runs/accelerator          # the full run (see --budget_s)
   python benchmarks/accelerator.py --tiny --out=/tmp/acc           # the same code, CPU, seconds
 
-On a GPU machine without a package registry, README "The accelerator run"
+On a GPU machine without a package registry, docs/speed.md, "The accelerator run",
 gives the one line that installs the carried wheels and runs this.
 
 Sections, in order, each skipped (and marked so) once `--budget_s` is spent:

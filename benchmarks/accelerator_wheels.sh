@@ -5,7 +5,7 @@
 # chex, absl-py, numpy, scikit-learn and matplotlib; the benchmark needs
 # ml-collections too (tensorboardX and tensorflow-datasets are imported only
 # by training runs and TFDS datasets). Pure-Python wheels: any Python 3 works.
-# Then, on the machine, from the repository root (README "The accelerator run"):
+# Then, on the machine, from the repository root (docs/speed.md, "The accelerator run"):
 #   python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
 #     --target /tmp/site .whl/*.whl . && PYTHONPATH=/tmp/site python3 benchmarks/accelerator.py --out=$OUT
 set -euo pipefail

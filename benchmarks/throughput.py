@@ -37,7 +37,7 @@ from benchmarks.timing import quiet_logs, time_rounds
 from fedjax_seq import allocator
 from fedjax_seq.core.rounds import make_round
 from fedjax_seq.training import experiment as experiment_lib
-from fedjax_seq.training.train import resolved_choices
+from fedjax_seq.training.records import resolved_choices
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)

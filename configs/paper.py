@@ -34,7 +34,7 @@ an epoch over the whole training set), since 10,000 epochs is not the
 paper's upper bound.
 
 By default a preset reproduces the published code: every switch of the
-README's table "The paper and the published code" is set to the code's
+table in docs/paper.md ("The paper and the published code") is set to the code's
 behaviour (FedSeqInter's shared bank until the first reset, FedDyn's
 original client, augmented exemplars, dropout with replacement, cosine lr
 and full test set for centralized). Optional further parts:
@@ -53,13 +53,13 @@ import os
 
 from configs import default
 from fedjax_seq.algorithms import registry
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 
 ROUNDS = {"cifar10": 10000, "cifar100": 20000}
 EVAL_EVERY = 100
 
 
-class PresetError(UserError, OSError):
+class PresetError(InputError, OSError):
   """A bad preset name.
 
   It is an OSError too because ml_collections defers only OSErrors raised

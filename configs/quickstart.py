@@ -1,8 +1,7 @@
-"""The paper's point in about 75 s: FedSeq vs FedAvg on 500 one-class Fashion-MNIST clients.
+"""The paper's point in a minute or two: FedSeq vs FedAvg on 500 one-class Fashion-MNIST clients.
 
 Run: python main.py --config=configs/quickstart.py --workdir=runs/quickstart
-(measured with `time`: 71 s and 81 s of wall time on the shared 2-core CPU,
-26 s of it FedSeq's superclient formation)
+(about a minute and a half on a 2-core CPU, FedSeq's superclient formation included)
 (needs `apt-get install -y dataset-fashion-mnist`, or --config.data.dir
 pointing at the Fashion-MNIST IDX files). FedSeq's results go to WORKDIR,
 FedAvg's (same clients, same rounds) to WORKDIR/fedavg; both final

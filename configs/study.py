@@ -54,7 +54,7 @@ reads with --config.fedseq.superclients_from=.
 """
 
 from configs import default
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 # The paper's superclient size constraints: (min_examples, max_clients).
@@ -62,7 +62,7 @@ CONSTRAINTS = ((400, 7), (800, 11), (1000, 13))
 DEFAULT = "cifar10,800,11"
 
 
-class PresetError(UserError, OSError):
+class PresetError(InputError, OSError):
   """A bad preset. An OSError too: ml_collections defers only OSErrors raised while loading
   a config file to the config's first use, where the command prints one `error:` line."""
 

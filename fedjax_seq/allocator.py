@@ -2,18 +2,16 @@
 
 XLA:CPU allocates and frees every local step's temporaries (tens of MB: the
 im2col patches and their gradients). glibc's malloc hands blocks that large
-to the OS with mmap/munmap, so every step faults its memory back in (7.25 M
-page faults in one paper round, sys time ~40% of user time); raising glibc's
-mmap threshold or disabling mmap through `mallopt` did not help (measured).
-jemalloc with `retain` and no decay keeps the memory mapped and reuses it:
-the paper's FedAvg round runs 1.2-1.4x faster (benchmarks/RESULTS.md). An
-allocator must be chosen before the process starts, so `main.py`, the study
-and the benchmarks call `reexec_or_exit()` first thing (a sweep's runs are
-`main.py` commands): where `libjemalloc.so.2` is installed (Debian/Ubuntu:
-`libjemalloc2`) and not yet loaded, the same command is executed again with
-it preloaded. The numbers do not change (the allocator decides where
-buffers live, not what they hold). `FEDJAX_SEQ_ALLOCATOR=system` keeps the
-system allocator.
+to the OS with mmap/munmap, so every step faults its memory back in; glibc's
+own knobs (its mmap threshold, `mallopt`) do not avoid that. jemalloc with
+`retain` and no decay keeps the memory mapped and reuses it, which makes CPU
+rounds faster (benchmarks/RESULTS.md, "the allocator"). An allocator must be
+chosen before the process starts, so `main.py`, the study and the benchmarks
+call `reexec_or_exit()` first thing (a sweep's runs are `main.py` commands):
+where `libjemalloc.so.2` is installed (Debian/Ubuntu: `libjemalloc2`) and not
+yet loaded, the same command is executed again with it preloaded. The
+numbers do not change (the allocator decides where buffers live, not what
+they hold). `FEDJAX_SEQ_ALLOCATOR=system` keeps the system allocator.
 
 This module imports nothing heavy: it runs before JAX is imported.
 """

@@ -43,7 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Each algorithm's own hyperparameters, with the paper's values, as its section
   # config.algorithm.NAME (e.g. fedprox.mu 0.01, fedseq_inter_prox.mu 1, feddyn.alpha 0.1,
   # feddyn.variant paper | original, scaffold.control gradient | difference,
-  # centralized.variant paper | original): see the registry and the README.
+  # centralized.variant paper | original): see the registry and docs/algorithms.md.
   for name, entry in registry.ALGORITHMS.items():
     if entry.hyperparameters:
       c.algorithm[name] = ml_collections.ConfigDict(dict(entry.hyperparameters))
@@ -85,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.fedseq.shuffle = True        # shuffle members at every pass
   c.fedseq.dropout = 0.0         # fraction of members dropped at every pass
   c.fedseq.aggregation_period = "num_superclients"  # FedSeqInter: num_superclients | fraction_superclients | never
-  # Behaviours of the published code (README: "The paper and the published code"):
+  # Behaviours of the published code (docs/paper.md):
   c.fedseq.inter_variant = "paper"   # FedSeqInter bank: paper | original (one shared model until the first reset)
   c.fedseq.dropout_variant = "paper"  # paper: distinct members | original: indices drawn with replacement
   c.fedseq.augment_exemplars = False  # confidence vectors on augmented exemplars (the original: True)
@@ -104,9 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.client.fraction = 0.2      # C: max(int(C*K), 1) clients per round
   c.client.local_epochs = 1    # E
   c.client.batch_size = 64     # B
-  c.client.lr = 0.01
-  c.client.momentum = 0.0
-  c.client.weight_decay = 4e-4
+  c.client.lr = 0.01           # local SGD learning rate
+  c.client.momentum = 0.0      # local SGD momentum (PyTorch semantics)
+  c.client.weight_decay = 4e-4  # L2 coefficient added to the gradient (PyTorch semantics)
   c.client.max_steps = 0       # >0: cap every client's local steps (ragged clients); 0: E full epochs
 
   c.mesh = ml_collections.ConfigDict()
@@ -122,19 +122,21 @@ def default_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """A built experiment: the pieces `main.py` runs, with rounds keyed as main.py keys them.
+  """A built experiment: what `main.py` runs, with rounds keyed as main.py keys them.
 
   A round donates its input state: keep only the state it returns.
   """
   config: ml_collections.ConfigDict
-  data: FedData
+  data: FedData       # device-resident clients
   model: Any          # a flax module
   algorithm: Algorithm
   init_params: Any
   strategy: str       # "vmap" or "loop", as resolved for this backend
+  image_shape: tuple[int, ...]
+  partition: str      # how the start-up line describes the clients
   superclients: dict | None  # FedSeq family: what superclients.json records
-  _round_fn: Callable = dataclasses.field(repr=False)
-  _evaluate: Callable = dataclasses.field(repr=False)
+  round_fn: Callable = dataclasses.field(repr=False)        # (state, data, key) -> (state, metrics)
+  evaluate_params: Callable = dataclasses.field(repr=False)  # server params -> (accuracy, loss)
 
   @property
   def state(self):
@@ -146,12 +148,12 @@ class Experiment:
   def round(self, state, round_index: int) -> tuple[Any, dict[str, jax.Array]]:
     """Round `round_index` (from 1): (new state, {"train_loss": ...}), as main.py's round."""
     from fedjax_seq.training.experiment import round_key
-    return self._round_fn(state, self.data, round_key(self.config.seed, round_index))
+    return self.round_fn(state, self.data, round_key(self.config.seed, round_index))
 
   def evaluate(self, state) -> tuple[float, float]:
     """(test accuracy, mean test cross-entropy) of a state's server model."""
     from fedjax_seq.core.sharding import localize
-    return self._evaluate(localize(state.params))
+    return self.evaluate_params(localize(state.params))
 
 
 def build(config: ml_collections.ConfigDict, stream=None, *, model=None,
@@ -166,10 +168,8 @@ def build(config: ml_collections.ConfigDict, stream=None, *, model=None,
   data: None (the config's `data.name`), or a `FederatedArrays`; with
     `client_ids` its clients are the distinct ids (a natural partition).
 
-  Raises fedjax_seq.errors.UserError on a bad config. `stream` (e.g.
+  Raises fedjax_seq.errors.InputError on a bad config. `stream` (e.g.
   sys.stderr) receives superclient formation's progress; None is silent.
   """
   from fedjax_seq.training import experiment as experiment_lib
-  exp = experiment_lib.build(config, stream, model=model, data=data)
-  return Experiment(config.copy_and_resolve_references(), exp.data, exp.model, exp.algorithm,
-                    exp.init_params, exp.strategy, exp.superclients, exp.round_fn, exp.evaluate)
+  return experiment_lib.build(config, stream, model=model, data=data)

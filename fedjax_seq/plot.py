@@ -22,8 +22,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from fedjax_seq import results
-from fedjax_seq.errors import UserError
+from fedjax_seq import cli, files, results
+from fedjax_seq.errors import InputError
 
 INSTALL_HINT = 'pip install -e ".[plot]"'
 
@@ -33,8 +33,8 @@ def pyplot():
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise UserError(f"plotting needs matplotlib, which is not installed; run: {INSTALL_HINT}"
-                    ) from None
+    raise InputError(f"plotting needs matplotlib, which is not installed; run: {INSTALL_HINT}"
+                     ) from None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt
@@ -58,7 +58,7 @@ def group_labels(groups: Sequence[Sequence[dict]]) -> list[str]:
     parts = [results.alpha_label(config), results.setting_text(fields)]
     if len(group) > 1:
       parts.append(f"{len(group)} seeds")
-    name = results.config_value(config, "algorithm.name", "?")
+    name = files.lookup(config, "algorithm.name", "?")
     labels.append(f"{name} ({', '.join(p for p in parts if p)})")
   counts = collections.Counter(labels)
   names = collections.Counter(g[0]["name"] for g in groups)
@@ -91,7 +91,7 @@ def plot_accuracy(runs: Sequence[dict], out_path: str) -> None:
       ax.fill_between(rounds, [m - h for m, h in zip(mean, half)],
                       [m + h for m, h in zip(mean, half)], color=line.get_color(), alpha=0.2,
                       linewidth=0)
-  datasets = sorted({str(results.config_value(r["config"], "data.name")) for r in runs})
+  datasets = sorted({str(files.lookup(r["config"], "data.name")) for r in runs})
   ax.set_title("Test accuracy" + (f" on {datasets[0]}" if len(datasets) == 1 else "") +
                (" (mean and 95% CI over seeds)" if any(len(g) > 1 for g in groups) else ""))
   ax.set_xlabel("round")
@@ -144,12 +144,12 @@ def plot_superclients(info: dict, out_path: str, name: str = "") -> None:
 
 
 def save_figure(plt, fig, out_path: str) -> None:
-  """Lays out, writes and closes a figure; an unwritable path is a UserError."""
+  """Lays out, writes and closes a figure; an unwritable path is an InputError."""
   try:
     fig.tight_layout()
     fig.savefig(out_path)
   except OSError as e:
-    raise UserError(f"cannot write {out_path}: {e.strerror or e}") from None
+    raise InputError(f"cannot write {out_path}: {e.strerror or e}") from None
   finally:
     plt.close(fig)
 
@@ -157,21 +157,21 @@ def save_figure(plt, fig, out_path: str) -> None:
 def _check_output(path: str, flag: str, supported: Sequence[str]) -> None:
   """Refuses an output path before anything is drawn, so bad input writes nothing."""
   if os.path.isdir(path):
-    raise UserError(f"{flag} {path} is a directory; give a file name such as curves.png")
+    raise InputError(f"{flag} {path} is a directory; give a file name such as curves.png")
   ext = os.path.splitext(path)[1].lstrip(".").lower()
   if ext not in supported:
-    raise UserError(f"{flag} {path}: unknown image format {ext!r}; use one of "
-                    f"{', '.join(sorted(supported))}")
+    raise InputError(f"{flag} {path}: unknown image format {ext!r}; use one of "
+                     f"{', '.join(sorted(supported))}")
   parent = os.path.dirname(os.path.abspath(path))
   if os.path.exists(parent) and not os.path.isdir(parent):
-    raise UserError(f"{flag} {path}: {parent} is not a directory")
+    raise InputError(f"{flag} {path}: {parent} is not a directory")
 
 
 class _Parser(argparse.ArgumentParser):
-  """argparse whose errors are UserErrors, so they print as one `error:` line."""
+  """argparse whose errors are InputErrors, so they print as one `error:` line."""
 
   def error(self, message):
-    raise UserError(message)
+    raise InputError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,9 +199,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     args = _parser().parse_args(argv)
     if not (args.out or args.heatmap_out or args.table or args.metrics_csv):
-      raise UserError("nothing to write: give --out, --heatmap_out, --table or --metrics_csv")
+      raise InputError("nothing to write: give --out, --heatmap_out, --table or --metrics_csv")
     if bool(args.superclients) != bool(args.heatmap_out):
-      raise UserError("--superclients and --heatmap_out go together")
+      raise InputError("--superclients and --heatmap_out go together")
     targets = results.parse_targets(args.targets)
     runs = [results.load_run(d) for d in args.runs]
     info = results.load_superclients(args.superclients) if args.superclients else None
@@ -209,11 +209,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outputs = [p for p, _ in images] + (results.table_paths(args.table) if args.table else [])
     if args.metrics_csv:
       if os.path.isdir(args.metrics_csv):
-        raise UserError(f"--metrics_csv {args.metrics_csv} is a directory")
+        raise InputError(f"--metrics_csv {args.metrics_csv} is a directory")
       outputs.append(args.metrics_csv)
     absolute = [os.path.abspath(p) for p in outputs]
     if len(set(absolute)) != len(absolute):
-      raise UserError("--out, --heatmap_out, --table and --metrics_csv must name different files")
+      raise InputError("--out, --heatmap_out, --table and --metrics_csv must name different files")
     if images:
       plt = pyplot()
       supported = list(plt.figure().canvas.get_supported_filetypes())
@@ -236,11 +236,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.metrics_csv:
       results.write_text(results.to_csv(results.metrics_rows(runs)), args.metrics_csv)
       print(f"wrote {args.metrics_csv}")
-  except UserError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+  except InputError as e:
+    cli.report(e)
     return 2
   except OSError as e:
-    print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+    cli.report(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     return 2
   return 0
 

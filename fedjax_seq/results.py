@@ -1,6 +1,6 @@
 """Reading finished or running workdirs into comparable rows (no plotting here).
 
-A workdir holds `config.json` and `metrics.jsonl` (see README.md). The rows
+A workdir holds `config.json` and `metrics.jsonl` (see docs/running.md). The rows
 report what the paper reports: final accuracy and the number of rounds to
 reach target accuracies, so runs can be compared in a table or CSV without
 matplotlib. Runs that differ only in `seed` form a group, reported as a mean
@@ -17,7 +17,8 @@ from typing import Any, Optional, Sequence
 
 from scipy import stats
 
-from fedjax_seq.errors import UserError
+from fedjax_seq import files
+from fedjax_seq.errors import InputError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -28,26 +29,14 @@ CI = "_ci95"  # suffix of a column holding the 95% half-width of the column it e
 GROUP_KEYS = ("algorithm.name", "data.name", "data.alpha", "data.iid", "rounds")
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path} does not exist") from None
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"cannot read {path}: {e}") from None
-
-
 def _read_records(path: str) -> list[dict]:
   try:
     with open(path) as f:
       lines = f.read().splitlines()
   except FileNotFoundError:
-    raise UserError(f"{path} does not exist") from None
+    raise InputError(f"{path} does not exist") from None
   except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"cannot read {path}: {e}") from None
+    raise InputError(f"cannot read {path}: {e}") from None
   records, previous = [], None  # previous: (round, line number)
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -55,15 +44,15 @@ def _read_records(path: str) -> list[dict]:
     try:
       record = json.loads(line)
     except json.JSONDecodeError:
-      raise UserError(f"{path} line {number} is not valid JSON") from None
+      raise InputError(f"{path} line {number} is not valid JSON") from None
     if not isinstance(record, dict) or not isinstance(record.get("round"), int) or not (
         isinstance(record.get("test_accuracy"), (int, float))):
-      raise UserError(f"{path} line {number} lacks an integer 'round' and a numeric "
-                      "'test_accuracy'")
+      raise InputError(f"{path} line {number} lacks an integer 'round' and a numeric "
+                       "'test_accuracy'")
     if previous is not None and record["round"] <= previous[0]:
-      raise UserError(f"{path} line {number}: round {record['round']} does not come after round "
-                      f"{previous[0]} (line {previous[1]}); rounds must strictly increase, so two "
-                      "runs probably wrote to this workdir: give each run its own --workdir")
+      raise InputError(f"{path} line {number}: round {record['round']} does not come after round "
+                       f"{previous[0]} (line {previous[1]}); rounds must strictly increase, so two "
+                       "runs probably wrote to this workdir: give each run its own --workdir")
     previous = (record["round"], number)
     records.append(record)
   return records
@@ -72,23 +61,23 @@ def _read_records(path: str) -> list[dict]:
 def load_run(run_dir: str) -> dict:
   """Loads one workdir: {'dir', 'name', 'config', 'records', 'formation_s'}.
 
-  Raises UserError naming the path when the directory, `config.json` or
+  Raises InputError naming the path when the directory, `config.json` or
   `metrics.jsonl` is missing or corrupt, so a typo in a list of runs stops
   before any output is written. `formation_s` is the superclient formation
   time from a FedSeq-family run's `superclients.json` (None for other runs):
   `elapsed_s` in metrics.jsonl counts training only.
   """
   if not os.path.exists(run_dir):
-    raise UserError(f"run directory {run_dir} does not exist")
+    raise InputError(f"run directory {run_dir} does not exist")
   if not os.path.isdir(run_dir):
-    raise UserError(f"run directory {run_dir} is not a directory")
-  config = _read_json(os.path.join(run_dir, CONFIG_FILE))
+    raise InputError(f"run directory {run_dir} is not a directory")
+  config = files.read_json(os.path.join(run_dir, CONFIG_FILE))
   if not isinstance(config, dict):
-    raise UserError(f"{os.path.join(run_dir, CONFIG_FILE)} does not hold a JSON object")
+    raise InputError(f"{os.path.join(run_dir, CONFIG_FILE)} does not hold a JSON object")
   records = _read_records(os.path.join(run_dir, METRICS_FILE))
   name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
   superclients_path = os.path.join(run_dir, SUPERCLIENTS_FILE)
-  info = _read_json(superclients_path) if os.path.exists(superclients_path) else None
+  info = files.read_json(superclients_path) if os.path.exists(superclients_path) else None
   formation_s = info.get("formation_s") if isinstance(info, dict) else None
   if not isinstance(formation_s, (int, float)) or isinstance(formation_s, bool):
     formation_s = None
@@ -100,55 +89,35 @@ def load_superclients(run_dir: str) -> dict:
   """Loads `superclients.json` of a FedSeq-family run, checking what the heatmap needs."""
   path = os.path.join(run_dir, SUPERCLIENTS_FILE)
   if not os.path.isdir(run_dir):
-    raise UserError(f"run directory {run_dir} does not exist or is not a directory")
+    raise InputError(f"run directory {run_dir} does not exist or is not a directory")
   if not os.path.exists(path):
-    raise UserError(f"{path} does not exist (only FedSeq-family runs write it)")
-  info = _read_json(path)
+    raise InputError(f"{path} does not exist (only FedSeq-family runs write it)")
+  info = files.read_json(path)
   superclients = info.get("superclients") if isinstance(info, dict) else None
   if not isinstance(superclients, list) or not superclients:
-    raise UserError(f"{path} has no 'superclients' list")
+    raise InputError(f"{path} has no 'superclients' list")
   widths = set()
   for sc in superclients:
     counts = sc.get("class_counts") if isinstance(sc, dict) else None
     if not isinstance(counts, list) or not all(isinstance(c, (int, float)) for c in counts):
-      raise UserError(f"{path}: every superclient needs a numeric 'class_counts' list")
+      raise InputError(f"{path}: every superclient needs a numeric 'class_counts' list")
     widths.add(len(counts))
   if len(widths) != 1 or 0 in widths:
-    raise UserError(f"{path}: superclients have class_counts of different or zero lengths")
+    raise InputError(f"{path}: superclients have class_counts of different or zero lengths")
   return info
-
-
-def config_value(config: dict, path: str, default=None):
-  """The value at a dotted path of a nested config dict, or `default` if absent."""
-  node = config
-  for key in path.split("."):
-    if not isinstance(node, dict) or key not in node:
-      return default
-    node = node[key]
-  return node
-
-
-def flatten_config(config: Any, prefix: str = "") -> dict:
-  """{'data.alpha': 0.2, ...}: nested config dicts as dotted paths to their leaves."""
-  if not isinstance(config, dict):
-    return {prefix: config}
-  out = {}
-  for k, v in config.items():
-    out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
 
 
 def is_finished(run: dict) -> bool:
   """True when the last evaluation is at the configured last round."""
-  rounds = config_value(run["config"], "rounds")
+  rounds = files.lookup(run["config"], "rounds")
   return bool(run["records"]) and run["records"][-1]["round"] == rounds
 
 
 def alpha_label(config: dict) -> str:
   """The partition as the paper names it: alpha=0 (pathological), alpha=0.2, or iid."""
-  if config_value(config, "data.iid", False):
+  if files.lookup(config, "data.iid", False):
     return "iid"
-  alpha = config_value(config, "data.alpha")
+  alpha = files.lookup(config, "data.alpha")
   return f"alpha={alpha:g}" if isinstance(alpha, (int, float)) else "alpha=?"
 
 
@@ -158,7 +127,7 @@ def target_column(target: float) -> str:
 
 
 def parse_targets(text: str) -> list[float]:
-  """Parses '0.6,0.7' into accuracy targets in (0, 1]; UserError otherwise."""
+  """Parses '0.6,0.7' into accuracy targets in (0, 1]; InputError otherwise."""
   if not text.strip():
     return []
   targets = []
@@ -166,9 +135,9 @@ def parse_targets(text: str) -> list[float]:
     try:
       t = float(item)
     except ValueError:
-      raise UserError(f"target {item.strip()!r} is not a number; use e.g. 0.6,0.7") from None
+      raise InputError(f"target {item.strip()!r} is not a number; use e.g. 0.6,0.7") from None
     if not 0 < t <= 1:
-      raise UserError(f"target {t:g} is not an accuracy in (0, 1]; use fractions, e.g. 0.6")
+      raise InputError(f"target {t:g} is not an accuracy in (0, 1]; use fractions, e.g. 0.6")
     targets.append(t)
   return targets
 
@@ -203,7 +172,7 @@ def group_runs(runs: Sequence[dict]) -> list[list[dict]]:
 def distinguishing(configs: Sequence[dict], base_keys: Sequence[str]) -> list[dict]:
   """Per config, its flattened fields (not `seed`, not `base_keys`) that differ among
   the configs agreeing with it on `base_keys`: what tells those apart."""
-  flats = [flatten_config(c) for c in configs]
+  flats = [files.flatten(c) for c in configs]
   bases = [[f.get(k) for k in base_keys] for f in flats]
   out = []
   for flat, base in zip(flats, bases):
@@ -243,7 +212,7 @@ def accuracy_curve(group: Sequence[dict]) -> list[tuple[int, int, float, Optiona
 
 
 def _alpha(config: dict) -> Any:
-  return "iid" if config_value(config, "data.iid", False) else config_value(config, "data.alpha")
+  return "iid" if files.lookup(config, "data.iid", False) else files.lookup(config, "data.alpha")
 
 
 def _wall_time(run: dict) -> Optional[float]:
@@ -268,11 +237,11 @@ def summarize(runs: Sequence[dict], targets: Sequence[float] = ()) -> list[dict]
     accuracies = [r["test_accuracy"] for r in records]
     row = {
         "run": run["name"],
-        "algorithm": config_value(config, "algorithm.name"),
-        "dataset": config_value(config, "data.name"),
+        "algorithm": files.lookup(config, "algorithm.name"),
+        "dataset": files.lookup(config, "data.name"),
         "alpha": _alpha(config),
-        "seed": config_value(config, "seed"),
-        "rounds": config_value(config, "rounds"),
+        "seed": files.lookup(config, "seed"),
+        "rounds": files.lookup(config, "rounds"),
         "rounds_done": records[-1]["round"] if records else 0,
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
@@ -302,11 +271,11 @@ def summarize_groups(runs: Sequence[dict], targets: Sequence[float] = ()) -> lis
     config, per_run = group[0]["config"], summarize(group, targets)
     done = sorted(r["rounds_done"] for r in per_run)
     row = {
-        "algorithm": config_value(config, "algorithm.name"),
-        "dataset": config_value(config, "data.name"),
+        "algorithm": files.lookup(config, "algorithm.name"),
+        "dataset": files.lookup(config, "data.name"),
         "alpha": _alpha(config),
         "setting": setting_text(setting) or None,
-        "rounds": config_value(config, "rounds"),
+        "rounds": files.lookup(config, "rounds"),
         "rounds_done": done[0] if done[0] == done[-1] else f"{done[0]}-{done[-1]}",
         "n_seeds": len(group),
         "seeds": ",".join(str(r["seed"]) for r in per_run),
@@ -331,9 +300,9 @@ def metrics_rows(runs: Sequence[dict]) -> list[dict]:
   for run in runs:
     config = run["config"]
     about = {"run": run["name"], "workdir": run["dir"],
-             "algorithm": config_value(config, "algorithm.name"),
-             "dataset": config_value(config, "data.name"), "alpha": _alpha(config),
-             "seed": config_value(config, "seed")}
+             "algorithm": files.lookup(config, "algorithm.name"),
+             "dataset": files.lookup(config, "data.name"), "alpha": _alpha(config),
+             "seed": files.lookup(config, "seed")}
     rows.extend({**about, **record} for record in run["records"])
   return rows
 
@@ -394,21 +363,20 @@ def table_paths(markdown_path: str) -> list[str]:
   FILE_runs.csv (per run), refusing a path that would clash."""
   stem, ext = os.path.splitext(markdown_path)
   if ext.lower() == ".csv":
-    raise UserError(f"table path {markdown_path} ends in .csv; give the Markdown file "
-                    "(e.g. summary.md), the CSV is written next to it")
+    raise InputError(f"table path {markdown_path} ends in .csv; give the Markdown file "
+                     "(e.g. summary.md), the CSV is written next to it")
   if os.path.isdir(markdown_path):
-    raise UserError(f"table path {markdown_path} is a directory")
+    raise InputError(f"table path {markdown_path} is a directory")
   return [markdown_path, stem + ".csv", stem + "_runs" + ext, stem + "_runs.csv"]
 
 
 def write_text(text: str, path: str) -> None:
-  """Writes a file, creating its directory; an OSError becomes a UserError naming it."""
+  """Writes a file, creating its directory; an OSError becomes an InputError naming it."""
   try:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-      f.write(text)
+    files.write_atomic(path, text)
   except OSError as e:
-    raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    raise InputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_tables(runs: Sequence[dict], targets: Sequence[float],

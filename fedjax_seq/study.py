@@ -63,17 +63,17 @@ training run is not guaranteed; every value is pre-trained separately.
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from typing import Sequence, TextIO
 
 import numpy as np
 
-from fedjax_seq import plot
-from fedjax_seq import registry
-from fedjax_seq.errors import UserError
+from fedjax_seq import files, plot, registry
+from fedjax_seq.errors import InputError
 from fedjax_seq.superclients import grouping
 from fedjax_seq.superclients.formation import kl_from_uniform, summary, superclient_rows
 
@@ -118,11 +118,11 @@ class Combination:
 def _names(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
   names = [n.strip() for n in text.split(",")]
   if not text.strip() or any(not n for n in names):
-    raise UserError(f"--{what} needs a non-empty comma-separated list; valid: {', '.join(valid)}")
+    raise InputError(f"--{what} needs a non-empty comma-separated list; valid: {', '.join(valid)}")
   for n in names:
     if n not in valid:
-      raise UserError(f"unknown {what[:-1].replace('_', ' ')} {n!r} in --{what}; valid: "
-                      f"{', '.join(valid)}")
+      raise InputError(f"unknown {what[:-1].replace('_', ' ')} {n!r} in --{what}; valid: "
+                       f"{', '.join(valid)}")
   return tuple(dict.fromkeys(names))
 
 
@@ -131,20 +131,20 @@ def parse_options(groupings: str | None = None, measures: str | None = None,
                   pretrain_epochs: str | None = None,
                   save_models: bool = False, models_from: str = "", random_repeats: int = 20,
                   heatmaps: bool = True) -> Options:
-  """Options from the flags' text (None: every registered name); UserError on a bad value."""
+  """Options from the flags' text (None: every registered name); InputError on a bad value."""
   epochs: tuple[int, ...] = ()  # None: the config's fedseq.pretrain_epochs
   if pretrain_epochs is not None:
     values = [v.strip() for v in str(pretrain_epochs).split(",")]
     try:
       epochs = tuple(int(v) for v in values)
     except ValueError:
-      raise UserError("--pretrain_epochs needs a non-empty comma-separated list of integers, "
-                      f"got {pretrain_epochs!r}") from None
+      raise InputError("--pretrain_epochs needs a non-empty comma-separated list of integers, "
+                       f"got {pretrain_epochs!r}") from None
     if any(e < 1 for e in epochs):
-      raise UserError(f"--pretrain_epochs must all be >= 1, got {pretrain_epochs}")
+      raise InputError(f"--pretrain_epochs must all be >= 1, got {pretrain_epochs}")
     epochs = tuple(sorted(set(epochs)))
   if random_repeats < 1:
-    raise UserError(f"--random_repeats must be >= 1, got {random_repeats}")
+    raise InputError(f"--random_repeats must be >= 1, got {random_repeats}")
   def names(text, seam, what):  # None: every registered name (users' included)
     return seam.names() if text is None else _names(text, seam.names(), what)
 
@@ -241,29 +241,10 @@ def estimate_error(counts: np.ndarray, estimates: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: str, data: bytes | str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as fh:
-    fh.write(data.encode() if isinstance(data, str) else data)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  _write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path) as fh:
-      return json.load(fh)
-  except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path}: {e}") from None
-
-
 def _save_npz(path: str, arrays: dict, meta: dict) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, __meta__=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.savez(buffer, __meta__=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+  files.write_atomic(path, buffer.getvalue())
 
 
 def _load_npz(path: str) -> tuple[dict, dict]:
@@ -271,7 +252,7 @@ def _load_npz(path: str) -> tuple[dict, dict]:
     with np.load(path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except (OSError, ValueError, EOFError) as e:
-    raise UserError(f"cannot read {path}: {e}") from None
+    raise InputError(f"cannot read {path}: {e}") from None
   meta = json.loads(str(arrays.pop("__meta__", "{}")))
   return arrays, meta
 
@@ -279,13 +260,6 @@ def _load_npz(path: str) -> tuple[dict, dict]:
 def _differences(want: dict, have: dict) -> list[str]:
   return [f"{k}: {have.get(k)!r} there, {want.get(k)!r} here"
           for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
-
-
-def _config_value(config, path: str):
-  node = config
-  for part in path.split("."):
-    node = node[part]
-  return node
 
 
 def _fingerprints(config, ds, clients, exemplars) -> tuple[dict, dict]:
@@ -296,12 +270,12 @@ def _fingerprints(config, ds, clients, exemplars) -> tuple[dict, dict]:
   for c in clients:
     h.update(np.asarray(len(c), np.int64).tobytes())
     h.update(np.asarray(c, np.int64).tobytes())
-  models = {k: _config_value(config, k) for k in MODEL_FIELDS}
+  models = {k: files.lookup(config, k) for k in MODEL_FIELDS}
   models["clients_sha256"] = h.hexdigest()
   e = hashlib.sha256()
   e.update(np.ascontiguousarray(ds.test_images[exemplars]).tobytes())
   e.update(np.asarray(ds.test_labels[exemplars], np.int64).tobytes())
-  study = {**{k: _config_value(config, k) for k in STUDY_FIELDS}, **models,
+  study = {**{k: files.lookup(config, k) for k in STUDY_FIELDS}, **models,
            "exemplars_sha256": e.hexdigest()}
   return models, study
 
@@ -478,273 +452,342 @@ def _say(stream: TextIO | None, text: str) -> None:
     print(f"study: {text}", file=stream, flush=True)
 
 
-def _check_workdir(workdir: str) -> None:
-  if not workdir:
-    raise UserError("--workdir is required")
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise UserError(f"--workdir {workdir}: {existing} exists and is not a directory")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise UserError(f"--workdir {workdir}: {existing} is not writable")
-
-
 def run_study(config, workdir: str, options: Options, stream: TextIO | None = sys.stdout) -> dict:
   """Runs the study into `workdir`; returns what it did (pre-trained / loaded / cached / formed)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.core import engine  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.data.federated import Preprocess, make_fed_data  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.training import components, experiment  # pylint: disable=import-outside-toplevel
-  from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
+  return _Study(config, workdir, options, stream).run()
 
-  start = time.time()
-  report = {"pretrained": [], "models_loaded": [], "representers_cached": [], "formed": [],
-            "reused": [], "timing_s": {}}
-  experiment.validate(config)
-  _check_workdir(workdir)
-  f = config.fedseq
-  epochs = options.pretrain_epochs or (int(f.pretrain_epochs),)
-  evaluator_name = components.model_name(config, "evaluator")
-  combos, skipped = plan(options, epochs, evaluator=evaluator_name,
-                         has_classifier=registry.MODELS.get(evaluator_name).classifier is not None,
-                         exemplars=config.data.exemplars_per_class)
-  informed = [c for c in combos if registry.GROUPINGS.get(c.grouping).needs_representers]
-  needed_reps = [r for r in registry.REPRESENTATIONS
-                 if r in {c.representation for c in informed}]
-  plot.pyplot()  # matplotlib missing: refused now, not after the pre-training
-  if options.models_from and not os.path.isdir(os.path.join(options.models_from, "models")):
-    raise UserError(f"--models_from {options.models_from}: no models/ directory there (was that "
-                    "study run with --save_models?)")
 
-  fed = experiment.load_federated(config)
-  ds, clients, exemplars = fed.ds, fed.clients, fed.exemplars
-  sizes = np.array([len(c) for c in clients], np.int64)
-  try:
-    grouping.check_feasible(sizes, f.max_clients, f.min_examples)
-  except ValueError as e:
-    raise UserError(f"config.fedseq: {e}") from None
-  counts = forming.class_counts(ds, clients)
-  model_fp, study_fp = _fingerprints(config, ds, clients, exemplars)
+class _Study:
+  """One run of the study, phase by phase: check, load, cache, evaluate, form, score, write."""
 
-  # Everything that could refuse is checked before anything is written.
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(config_path):
-    diff = _differences(study_fp, _read_json(config_path))
-    if diff:
-      raise UserError(f"{workdir} holds a study of other clients or settings ({'; '.join(diff)}); "
-                      "use another --workdir")
-  rep_paths = {e: os.path.join(workdir, "representers", f"e{e}.npz") for e in epochs}
-  cached: dict[int, dict] = {}
-  for e in epochs:
-    if os.path.exists(rep_paths[e]):
-      arrays, meta = _load_npz(rep_paths[e])
-      if meta.get("pretrain_epochs") == e:
-        cached[e] = arrays
-  missing = {e: [r for r in needed_reps if r not in cached.get(e, {})] for e in epochs}
-  model_paths = {}
-  for e in epochs:
-    if not missing[e]:
-      continue
-    for root in filter(None, (options.models_from, workdir)):
-      path = os.path.join(root, "models", f"e{e}.npz")
-      if os.path.exists(path):
-        model_paths[e] = path
-        break
-  for e, path in model_paths.items():
-    with np.load(path, allow_pickle=False) as z:
-      meta = json.loads(str(z["__meta__"]))
-    diff = _differences({**model_fp, "pretrain_epochs": e},
-                        {k: meta.get(k) for k in list(model_fp) + ["pretrain_epochs"]})
-    if diff:
-      raise UserError(f"the models in {path} were pre-trained on other clients or settings "
-                      f"({'; '.join(diff)}); pre-train them here (drop --models_from) or point "
-                      "--models_from at a study of these clients")
+  def __init__(self, config, workdir: str, options: Options, stream: TextIO | None):
+    self.config, self.workdir, self.options, self.stream = config, workdir, options, stream
+    self.f = config.fedseq
+    self.start = time.time()
+    self.report = {"pretrained": [], "models_loaded": [], "representers_cached": [],
+                   "formed": [], "reused": [], "timing_s": {}}
 
-  for sub in ("representers", "groupings", "heatmaps") + (("models",) if options.save_models else ()):
+  def run(self) -> dict:
+    self.check()
+    self.load()
+    self.find_cache()
+    self.prepare_workdir()
+    representers = self.evaluate_clients()
+    t0 = time.time()
+    formed, combos = self.form(representers)
+    oracle_source = self.add_oracles(formed, combos)
+    rows = self.score(formed, combos)
+    study = self.write(rows, representers, oracle_source)
+    self.report["timing_s"]["groupings"] = round(time.time() - t0, 2)
+    self.draw(rows, study["estimates"])
+    self.report["timing_s"]["total"] = round(time.time() - self.start, 2)
+    files.write_json(os.path.join(self.workdir, TIMING_FILE), self.report)
+    return self.summarise(rows)
+
+  def check(self) -> None:
+    """Everything refusable from the config and flags alone, before any data is read."""
+    from fedjax_seq.training import components, experiment  # pylint: disable=import-outside-toplevel
+    experiment.validate(self.config)
+    files.check_directory(self.workdir, "--workdir")
+    self.epochs = self.options.pretrain_epochs or (int(self.f.pretrain_epochs),)
+    self.evaluator_name = components.model_name(self.config, "evaluator")
+    self.combos, self.skipped = plan(
+        self.options, self.epochs, evaluator=self.evaluator_name,
+        has_classifier=registry.MODELS.get(self.evaluator_name).classifier is not None,
+        exemplars=self.config.data.exemplars_per_class)
+    self.informed = [c for c in self.combos
+                     if registry.GROUPINGS.get(c.grouping).needs_representers]
+    wanted = {c.representation for c in self.informed}
+    self.needed_reps = [r for r in registry.REPRESENTATIONS if r in wanted]
+    plot.pyplot()  # matplotlib missing: refused now, not after the pre-training
+    models_from = self.options.models_from
+    if models_from and not os.path.isdir(os.path.join(models_from, "models")):
+      raise InputError(f"--models_from {models_from}: no models/ directory there (was that "
+                       "study run with --save_models?)")
+
+  def load(self) -> None:
+    """The clients exactly as a training run of the config splits them."""
+    from fedjax_seq.training import experiment  # pylint: disable=import-outside-toplevel
+    from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
+    self.fed = experiment.load_federated(self.config)
+    self.sizes = np.array([len(c) for c in self.fed.clients], np.int64)
     try:
-      os.makedirs(os.path.join(workdir, sub), exist_ok=True)
-    except OSError as e:
-      raise UserError(f"cannot create {os.path.join(workdir, sub)}: {e.strerror or e}") from None
-  if not os.path.exists(config_path):
-    _write_json(config_path, study_fp)
+      grouping.check_feasible(self.sizes, self.f.max_clients, self.f.min_examples)
+    except ValueError as e:
+      raise InputError(f"config.fedseq: {e}") from None
+    self.counts = forming.class_counts(self.fed.ds, self.fed.clients)
+    self.model_fp, self.study_fp = _fingerprints(self.config, self.fed.ds, self.fed.clients,
+                                                 self.fed.exemplars)
 
-  # ---- client evaluation: pre-train (or load) once per epochs value, extract representers.
-  representers: dict[int, dict] = {}
-  if any(missing.values()):
-    preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
-    strategy = engine.resolve_strategy(config.engine.strategy)
-    ev = forming.evaluator(config, ds, preprocess)
+  def find_cache(self) -> None:
+    """Representers and models already in the workdir (or --models_from), checked to match."""
+    workdir, epochs = self.workdir, self.epochs
+    self.config_path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(self.config_path):
+      diff = _differences(self.study_fp, files.read_json(self.config_path))
+      if diff:
+        raise InputError(f"{workdir} holds a study of other clients or settings "
+                         f"({'; '.join(diff)}); use another --workdir")
+    self.rep_paths = {e: os.path.join(workdir, "representers", f"e{e}.npz") for e in epochs}
+    self.cached: dict[int, dict] = {}
+    for e in epochs:
+      if os.path.exists(self.rep_paths[e]):
+        arrays, meta = _load_npz(self.rep_paths[e])
+        if meta.get("pretrain_epochs") == e:
+          self.cached[e] = arrays
+    self.missing = {e: [r for r in self.needed_reps if r not in self.cached.get(e, {})]
+                    for e in epochs}
+    self.model_paths = {}
+    for e in (e for e in epochs if self.missing[e]):
+      for root in filter(None, (self.options.models_from, workdir)):
+        path = os.path.join(root, "models", f"e{e}.npz")
+        if os.path.exists(path):
+          self.model_paths[e] = path
+          break
+    for e, path in self.model_paths.items():
+      with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+      diff = _differences({**self.model_fp, "pretrain_epochs": e},
+                          {k: meta.get(k) for k in list(self.model_fp) + ["pretrain_epochs"]})
+      if diff:
+        raise InputError(f"the models in {path} were pre-trained on other clients or settings "
+                         f"({'; '.join(diff)}); pre-train them here (drop --models_from) or "
+                         "point --models_from at a study of these clients")
+
+  def prepare_workdir(self) -> None:
+    """The output directories and study_config.json (once everything refusable was checked)."""
+    subs = ("representers", "groupings", "heatmaps") + (
+        ("models",) if self.options.save_models else ())
+    for sub in subs:
+      try:
+        os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
+      except OSError as e:
+        raise InputError(f"cannot create {os.path.join(self.workdir, sub)}: "
+                         f"{e.strerror or e}") from None
+    if not os.path.exists(self.config_path):
+      files.write_json(self.config_path, self.study_fp)
+
+  def evaluate_clients(self) -> dict[int, dict]:
+    """{epochs: {representation: (K, D)}}: pre-trained (or loaded) once per epochs value."""
+    from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
+    representers: dict[int, dict] = {}
+    evaluator = self._evaluator() if any(self.missing.values()) else None
+    for e in self.epochs:
+      reps = dict(self.cached.get(e, {}))  # every representation cached, kept in the cache file
+      if self.missing[e]:
+        t0 = time.time()
+        models = self._client_models(e, *evaluator)
+        evaluation = forming.evaluation(self.config, evaluator[0], models, self.fed.ds,
+                                        self.fed.exemplars)
+        for rep in self.missing[e]:
+          reps[rep] = forming.representers(evaluation, rep)
+        del models, evaluation
+        _save_npz(self.rep_paths[e], reps, {"pretrain_epochs": e})
+        self.report["timing_s"][f"client_evaluation_e{e}"] = round(time.time() - t0, 2)
+      elif e in self.cached and self.needed_reps:
+        _say(self.stream, f"E={e}: representers from {self.rep_paths[e]} (no pre-training)")
+        self.report["representers_cached"].append(e)
+      representers[e] = {r: reps[r] for r in self.needed_reps}
+    return representers
+
+  def _evaluator(self):
+    """(evaluator, its parameters' tree structure, leaf names, the clients, strategy)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from fedjax_seq.core import engine  # pylint: disable=import-outside-toplevel
+    from fedjax_seq.data.federated import Preprocess, make_fed_data  # pylint: disable=import-outside-toplevel
+    from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
+    ds = self.fed.ds
+    preprocess = Preprocess(ds.mean, ds.std, ds.augment and self.config.data.augment)
+    ev = forming.evaluator(self.config, ds, preprocess)
     paths, treedef = jax.tree_util.tree_flatten_with_path(ev.init)
     leaf_names = [jax.tree_util.keystr(p) for p, _ in paths]
-    data = make_fed_data(ds.train_images, ds.train_labels, clients)
-  for e in epochs:
-    reps = dict(cached.get(e, {}))  # every representation cached, kept in the cache file
-    if missing[e]:
-      t0 = time.time()
-      if e in model_paths:
-        arrays, meta = _load_npz(model_paths[e])
-        if meta.get("leaves") != leaf_names:
-          raise UserError(f"the models in {model_paths[e]} are not {evaluator_name} models")
-        models = jax.tree_util.tree_unflatten(
-            treedef, [jax.numpy.asarray(arrays[f"leaf{i}"]) for i in range(len(leaf_names))])
-        _say(stream, f"E={e}: loaded the pre-trained client models from {model_paths[e]} "
-                     "(no pre-training)")
-        report["models_loaded"].append(e)
-      else:
-        _say(stream, f"E={e}: pre-training {data.num_clients} clients for {e} epochs "
-                     f"({strategy})")
+    data = make_fed_data(ds.train_images, ds.train_labels, self.fed.clients)
+    return ev, treedef, leaf_names, data, engine.resolve_strategy(self.config.engine.strategy)
 
-        def progress(done, total, e=e, t0=t0):
-          _say(stream, f"E={e}: pre-trained {done}/{total} clients ({time.time() - t0:.0f} s)")
+  def _client_models(self, e: int, ev, treedef, leaf_names, data, strategy):
+    """Every client's evaluator after e epochs: loaded from a saved study, or pre-trained."""
+    import jax  # pylint: disable=import-outside-toplevel
+    stream = self.stream
+    if e in self.model_paths:
+      arrays, meta = _load_npz(self.model_paths[e])
+      if meta.get("leaves") != leaf_names:
+        raise InputError(f"the models in {self.model_paths[e]} are not {self.evaluator_name} "
+                         "models")
+      _say(stream, f"E={e}: loaded the pre-trained client models from {self.model_paths[e]} "
+                   "(no pre-training)")
+      self.report["models_loaded"].append(e)
+      return jax.tree_util.tree_unflatten(
+          treedef, [jax.numpy.asarray(arrays[f"leaf{i}"]) for i in range(len(leaf_names))])
+    _say(stream, f"E={e}: pre-training {data.num_clients} clients for {e} epochs ({strategy})")
+    t0 = time.time()
 
-        models = forming.pretrain(config, ev, data, e, strategy, progress)
-        report["pretrained"].append(e)
-        if options.save_models:
-          path = os.path.join(workdir, "models", f"e{e}.npz")
-          leaves = jax.tree_util.tree_leaves(models)
-          _save_npz(path, {f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)},
-                    {**model_fp, "pretrain_epochs": e, "leaves": leaf_names, "strategy": strategy})
-          _say(stream, f"E={e}: saved the client models to {path}")
-      evaluation = forming.evaluation(config, ev, models, ds, exemplars)
-      for rep in missing[e]:
-        reps[rep] = forming.representers(evaluation, rep)
-      del models, evaluation
-      _save_npz(rep_paths[e], reps, {"pretrain_epochs": e})
-      report["timing_s"][f"client_evaluation_e{e}"] = round(time.time() - t0, 2)
-    elif e in cached and needed_reps:
-      _say(stream, f"E={e}: representers from {rep_paths[e]} (no pre-training)")
-      report["representers_cached"].append(e)
-    representers[e] = {r: reps[r] for r in needed_reps}
+    def progress(done, total):
+      _say(stream, f"E={e}: pre-trained {done}/{total} clients ({time.time() - t0:.0f} s)")
 
-  # ---- groupings.
-  t0 = time.time()
-  rows = []
-  num_classes = ds.num_classes
+    from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
+    models = forming.pretrain(self.config, ev, data, e, strategy, progress)
+    self.report["pretrained"].append(e)
+    if self.options.save_models:
+      path = os.path.join(self.workdir, "models", f"e{e}.npz")
+      leaves = jax.tree_util.tree_leaves(models)
+      _save_npz(path, {f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)},
+                {**self.model_fp, "pretrain_epochs": e, "leaves": leaf_names,
+                 "strategy": strategy})
+      _say(stream, f"E={e}: saved the client models to {path}")
+    return models
 
-  def group(reps, method, measure, representation=None):
-    groups, _ = forming.form(config, sizes, num_classes, grouping=method,
+  def group(self, reps, method: str, measure: str | None, representation: str | None = None):
+    """The shared formation path (training/superclients.py), as lists of client ids."""
+    from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
+    groups, _ = forming.form(self.config, self.sizes, self.fed.ds.num_classes, grouping=method,
                              measure=measure or "kullback", representation=representation,
                              client_representers=reps)
     return [g.tolist() for g in groups]
 
-  def reps_of(c: Combination):
-    if not registry.GROUPINGS.get(c.grouping).needs_representers:
-      return np.zeros((len(sizes), 0))
-    return representers[c.pretrain_epochs][c.representation]
+  def form(self, representers) -> tuple[dict[str, list[list[int]]], list[Combination]]:
+    """Every combination's groups: reused from the workdir, or formed and written."""
 
-  formed: dict[str, list[list[int]]] = {}
-  for c in combos:
-    path = os.path.join(workdir, "groupings", f"{c.name}.json")
-    if os.path.exists(path):
-      formed[c.name] = [list(s["clients"]) for s in _read_json(path)["superclients"]]
-      report["reused"].append(c.name)
-      continue
-    try:
-      formed[c.name] = group(reps_of(c), c.grouping, c.measure, c.representation)
-    except ValueError as e:
-      skipped.append({"name": c.name, "reason": f"cannot be formed: {e}"})
-      continue
-    report["formed"].append(c.name)
-    _write_json(path, _grouping_info(c, formed[c.name], counts, reps_of(c), f))
-  combos = [c for c in combos if c.name in formed]
+    def reps_of(c: Combination):
+      if not registry.GROUPINGS.get(c.grouping).needs_representers:
+        return np.zeros((len(self.sizes), 0))
+      return representers[c.pretrain_epochs][c.representation]
 
-  # Oracles: the true class distributions stand in for the representers.
-  truth = counts / counts.sum(1, keepdims=True)
-  kullback = group(truth, "greedy", "kullback")
-  candidates = [("greedy_mixture on the true class distributions",
-                 group(truth, "greedy_mixture", None)),
-                (f"{ORACLE_KULLBACK} refined by swaps on the true class counts",
-                 grouping.refine_by_swaps(kullback, counts, sizes, f.min_examples))]
-  best_real = min(combos, key=lambda c: (score_groups(formed[c.name], counts)["kl_mean"], c.name))
-  candidates.append((f"{best_real.name} refined by swaps on the true class counts",
-                     grouping.refine_by_swaps(formed[best_real.name], counts, sizes,
-                                              f.min_examples)))
-  scored = [(score_groups(g, counts)["kl_mean"], i) for i, (_, g) in enumerate(candidates)]
-  oracle_source, oracle_groups = candidates[min(scored)[1]]
-  oracles = [(Combination(ORACLE_KULLBACK, "greedy", "kullback", "true_distribution", None, True),
-              kullback),
-             (Combination(ORACLE, "oracle", None, "true_distribution", None, True),
-              oracle_groups)]
-  for c, g in oracles:
-    formed[c.name] = g
-    _write_json(os.path.join(workdir, "groupings", f"{c.name}.json"),
-                _grouping_info(c, g, counts, truth, f, source=(
-                    oracle_source if c.name == ORACLE else None)))
-  combos = combos + [c for c, _ in oracles]
+    formed: dict[str, list[list[int]]] = {}
+    for c in self.combos:
+      path = os.path.join(self.workdir, "groupings", f"{c.name}.json")
+      if os.path.exists(path):
+        formed[c.name] = [list(s["clients"]) for s in files.read_json(path)["superclients"]]
+        self.report["reused"].append(c.name)
+        continue
+      try:
+        formed[c.name] = self.group(reps_of(c), c.grouping, c.measure, c.representation)
+      except ValueError as e:
+        self.skipped.append({"name": c.name, "reason": f"cannot be formed: {e}"})
+        continue
+      self.report["formed"].append(c.name)
+      files.write_json(path, _grouping_info(c, formed[c.name], self.counts, reps_of(c), self.f))
+    return formed, [c for c in self.combos if c.name in formed]
 
-  # ---- scores, random baselines, table.
-  own = config_combination(config)
-  for c in combos:
-    groups = formed[c.name]
-    row = {"name": c.name, "grouping": c.grouping, "measure": c.measure,
-           "representation": c.representation, "pretrain_epochs": c.pretrain_epochs,
-           "oracle": c.oracle, "config_setting": c.name == own,
-           **score_groups(groups, counts)}
-    rmean, rstd = random_baseline([len(g) for g in groups], counts, options.random_repeats,
-                                  np.random.default_rng([config.seed, 2]))
-    row.update(random_kl_mean=rmean, random_kl_std=rstd, grouping_file=f"groupings/{c.name}.json",
-               superclients=superclient_rows(groups, counts))
-    rows.append(row)
-  rows.sort(key=lambda r: (r["kl_mean"], not r["oracle"], r["name"]))
-  rand = next(r for r in rows if r["name"] == "random")
-  oracle_kl = next(r for r in rows if r["name"] == ORACLE)["kl_mean"]
-  span = rand["random_kl_mean"] - oracle_kl
-  for i, r in enumerate(rows, 1):
-    r["rank"] = i
-    r["gap_closed"] = (rand["random_kl_mean"] - r["kl_mean"]) / span if span > 1e-12 else None
-  best = next(r for r in rows if not r["oracle"])
-  estimates = {str(e): estimate_error(counts, representers[e]["confidence"])
-               for e in epochs if "confidence" in representers.get(e, {})}
-  study = {
-      "dataset": config.data.name, "num_clients": len(sizes), "num_classes": num_classes,
-      "settings": {"groupings": list(options.groupings), "measures": list(options.measures),
-                   "representations": list(options.representations),
-                   "pretrain_epochs": list(epochs) if informed else [],
-                   "random_repeats": options.random_repeats,
-                   "config_combination": own},
-      "config": json.loads(config.to_json()),
-      "fingerprint": study_fp,
-      "best": best["name"], "oracle": ORACLE, "oracle_source": oracle_source,
-      "estimates": estimates,
-      "skipped": skipped,
-      "combinations": [{k: v for k, v in r.items()} for r in rows],
-      "client_class_counts": counts.astype(int).tolist(),
-  }
-  report["timing_s"]["groupings"] = round(time.time() - t0, 2)
-  _write_json(os.path.join(workdir, STUDY_FILE), study)
-  table = [{k: v for k, v in r.items() if k != "superclients"} for r in rows]
-  _write_atomic(os.path.join(workdir, "study.md"), _markdown_report(study))
-  _write_atomic(os.path.join(workdir, "study.csv"), to_csv(table))
+  def add_oracles(self, formed: dict, combos: list[Combination]) -> str:
+    """The oracle rows (true class distributions as representers); returns the oracle's source."""
+    counts, sizes, min_examples = self.counts, self.sizes, self.f.min_examples
+    truth = counts / counts.sum(1, keepdims=True)
+    kullback = self.group(truth, "greedy", "kullback")
+    candidates = [("greedy_mixture on the true class distributions",
+                   self.group(truth, "greedy_mixture", None)),
+                  (f"{ORACLE_KULLBACK} refined by swaps on the true class counts",
+                   grouping.refine_by_swaps(kullback, counts, sizes, min_examples))]
+    best_real = min(combos, key=lambda c: (score_groups(formed[c.name], counts)["kl_mean"],
+                                           c.name))
+    candidates.append((f"{best_real.name} refined by swaps on the true class counts",
+                       grouping.refine_by_swaps(formed[best_real.name], counts, sizes,
+                                                min_examples)))
+    scored = [(score_groups(g, counts)["kl_mean"], i) for i, (_, g) in enumerate(candidates)]
+    source, oracle_groups = candidates[min(scored)[1]]
+    oracles = [(Combination(ORACLE_KULLBACK, "greedy", "kullback", "true_distribution", None,
+                            True), kullback),
+               (Combination(ORACLE, "oracle", None, "true_distribution", None, True),
+                oracle_groups)]
+    for c, g in oracles:
+      formed[c.name] = g
+      files.write_json(os.path.join(self.workdir, "groupings", f"{c.name}.json"),
+                       _grouping_info(c, g, counts, truth, self.f,
+                                      source=source if c.name == ORACLE else None))
+      combos.append(c)
+    return source
 
-  # ---- pictures.
-  t0 = time.time()
-  title = (f"{config.data.name}, K={len(sizes)}, alpha={config.data.alpha}, "
-           f"min_examples={f.min_examples}, max_clients={f.max_clients}")
-  plot_comparison(table, os.path.join(workdir, "comparison.png"), title)
-  plot_estimates(table, estimates, os.path.join(workdir, "estimate_error.png"), title)
-  if options.heatmaps:
-    for r in rows:
-      path = os.path.join(workdir, "heatmaps", f"{r['name']}.png")
-      if r["oracle"] or r["name"] in report["formed"] or not os.path.exists(path):
-        plot.plot_superclients({"superclients": r["superclients"]}, path, r["name"])
-  report["timing_s"]["pictures"] = round(time.time() - t0, 2)
-  report["timing_s"]["total"] = round(time.time() - start, 2)
-  _write_json(os.path.join(workdir, TIMING_FILE), report)
+  def score(self, formed: dict, combos: list[Combination]) -> list[dict]:
+    """One row per combination, ranked by mean KL, with its random baseline and gap closed."""
+    own = config_combination(self.config)
+    rows = []
+    for c in combos:
+      groups = formed[c.name]
+      row = {"name": c.name, "grouping": c.grouping, "measure": c.measure,
+             "representation": c.representation, "pretrain_epochs": c.pretrain_epochs,
+             "oracle": c.oracle, "config_setting": c.name == own,
+             **score_groups(groups, self.counts)}
+      rmean, rstd = random_baseline([len(g) for g in groups], self.counts,
+                                    self.options.random_repeats,
+                                    np.random.default_rng([self.config.seed, 2]))
+      row.update(random_kl_mean=rmean, random_kl_std=rstd,
+                 grouping_file=f"groupings/{c.name}.json",
+                 superclients=superclient_rows(groups, self.counts))
+      rows.append(row)
+    rows.sort(key=lambda r: (r["kl_mean"], not r["oracle"], r["name"]))
+    rand = next(r for r in rows if r["name"] == "random")
+    span = rand["random_kl_mean"] - next(r for r in rows if r["name"] == ORACLE)["kl_mean"]
+    for i, r in enumerate(rows, 1):
+      r["rank"] = i
+      r["gap_closed"] = (rand["random_kl_mean"] - r["kl_mean"]) / span if span > 1e-12 else None
+    return rows
 
-  if stream is not None:
-    shown = [r for r in table if r["rank"] <= 10 or r["name"] in ("random", ORACLE)]
-    print(to_markdown(shown), file=stream, end="", flush=True)
-  _say(stream, f"skipped {len(skipped)} incompatible combinations (listed in study.md)"
-       if skipped else "no combination skipped")
-  _say(stream, f"best non-oracle combination: {best['name']}: mean KL {best['kl_mean']:.3f} "
-               f"(random {rand['random_kl_mean']:.3f} +- {rand['random_kl_std']:.3f}, oracle "
-               f"{oracle_kl:.3f}); {len(rows)} combinations in {time.time() - start:.0f} s")
-  _say(stream, f"its grouping: {os.path.join(workdir, best['grouping_file'])}")
-  _say(stream, "train on it with --config.fedseq.superclients_from="
-               f"{os.path.join(workdir, best['grouping_file'])}")
-  report["best_grouping_file"] = os.path.join(workdir, best["grouping_file"])
-  return report
+  def write(self, rows: list[dict], representers: dict, oracle_source: str) -> dict:
+    """study.json, study.md and study.csv; returns the study record."""
+    options, config = self.options, self.config
+    estimates = {str(e): estimate_error(self.counts, representers[e]["confidence"])
+                 for e in self.epochs if "confidence" in representers.get(e, {})}
+    study = {
+        "dataset": config.data.name, "num_clients": len(self.sizes),
+        "num_classes": self.fed.ds.num_classes,
+        "settings": {"groupings": list(options.groupings), "measures": list(options.measures),
+                     "representations": list(options.representations),
+                     "pretrain_epochs": list(self.epochs) if self.informed else [],
+                     "random_repeats": options.random_repeats,
+                     "config_combination": config_combination(config)},
+        "config": json.loads(config.to_json()),
+        "fingerprint": self.study_fp,
+        "best": next(r for r in rows if not r["oracle"])["name"], "oracle": ORACLE,
+        "oracle_source": oracle_source,
+        "estimates": estimates,
+        "skipped": self.skipped,
+        "combinations": [dict(r) for r in rows],
+        "client_class_counts": self.counts.astype(int).tolist(),
+    }
+    files.write_json(os.path.join(self.workdir, STUDY_FILE), study)
+    files.write_atomic(os.path.join(self.workdir, "study.md"), _markdown_report(study))
+    files.write_atomic(os.path.join(self.workdir, "study.csv"), to_csv(_table(rows)))
+    return study
+
+  def draw(self, rows: list[dict], estimates: dict) -> None:
+    """comparison.png, estimate_error.png and one heatmap per new or changed combination."""
+    t0, f = time.time(), self.f
+    title = (f"{self.config.data.name}, K={len(self.sizes)}, alpha={self.config.data.alpha}, "
+             f"min_examples={f.min_examples}, max_clients={f.max_clients}")
+    table = _table(rows)
+    plot_comparison(table, os.path.join(self.workdir, "comparison.png"), title)
+    plot_estimates(table, estimates, os.path.join(self.workdir, "estimate_error.png"), title)
+    if self.options.heatmaps:
+      for r in rows:
+        path = os.path.join(self.workdir, "heatmaps", f"{r['name']}.png")
+        if r["oracle"] or r["name"] in self.report["formed"] or not os.path.exists(path):
+          plot.plot_superclients({"superclients": r["superclients"]}, path, r["name"])
+    self.report["timing_s"]["pictures"] = round(time.time() - t0, 2)
+
+  def summarise(self, rows: list[dict]) -> dict:
+    """Prints the table's head and the best combination; returns the report."""
+    stream, workdir = self.stream, self.workdir
+    table = _table(rows)
+    if stream is not None:
+      shown = [r for r in table if r["rank"] <= 10 or r["name"] in ("random", ORACLE)]
+      print(to_markdown(shown), file=stream, end="", flush=True)
+    _say(stream, f"skipped {len(self.skipped)} incompatible combinations (listed in study.md)"
+         if self.skipped else "no combination skipped")
+    best = next(r for r in rows if not r["oracle"])
+    rand = next(r for r in rows if r["name"] == "random")
+    oracle_kl = next(r for r in rows if r["name"] == ORACLE)["kl_mean"]
+    _say(stream, f"best non-oracle combination: {best['name']}: mean KL {best['kl_mean']:.3f} "
+                 f"(random {rand['random_kl_mean']:.3f} +- {rand['random_kl_std']:.3f}, oracle "
+                 f"{oracle_kl:.3f}); {len(rows)} combinations in {time.time() - self.start:.0f} s")
+    _say(stream, f"its grouping: {os.path.join(workdir, best['grouping_file'])}")
+    _say(stream, "train on it with --config.fedseq.superclients_from="
+                 f"{os.path.join(workdir, best['grouping_file'])}")
+    self.report["best_grouping_file"] = os.path.join(workdir, best["grouping_file"])
+    return self.report
+
+
+def _table(rows: list[dict]) -> list[dict]:
+  """The rows without their superclients (the table's columns)."""
+  return [{k: v for k, v in r.items() if k != "superclients"} for r in rows]
 
 
 def _grouping_info(c: Combination, groups, counts, reps, f, source=None) -> dict:
@@ -758,11 +801,12 @@ def _grouping_info(c: Combination, groups, counts, reps, f, source=None) -> dict
 
 
 def cli(config, workdir: str, stream: TextIO | None = sys.stdout, **flags) -> int:
-  """Runs the study from flag values; a UserError becomes one `error:` line and exit 1."""
+  """Runs the study from flag values; an InputError becomes one `error:` line and exit 1."""
+  from fedjax_seq import cli as cli_lib  # pylint: disable=import-outside-toplevel
   try:
     run_study(config, workdir, parse_options(**flags), stream)
-  except UserError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+  except InputError as e:
+    cli_lib.report(e)
     return 1
   return 0
 
@@ -772,6 +816,7 @@ def _main() -> None:
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from fedjax_seq import cli as cli_lib  # pylint: disable=import-outside-toplevel
 
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file("config", None, "Config file (as main.py's).", lock_config=True)
@@ -787,35 +832,20 @@ def _main() -> None:
   flags.DEFINE_integer("random_repeats", 20, "Random groupings per row's random baseline.")
   flags.DEFINE_bool("heatmaps", True, "Draw one composition heatmap per combination.")
 
-  def fail(message: str):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
-
-  def parse(argv):
-    try:
-      return FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-      fail(f"invalid flags: {e}")
-
   def main(argv):
     if len(argv) > 1:
-      fail(f"unexpected arguments: {' '.join(argv[1:])}")
+      cli_lib.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if FLAGS.config is None or not FLAGS.workdir:
-      fail("--config and --workdir are required")
-    try:
-      config = FLAGS.config
-      config.seed  # config_flags defers a config file's load error to first use
-    except Exception as e:  # pylint: disable=broad-except  # the config file's own error
-      fail("cannot load --config: " + str(e).replace(
-          "Configuration is not available because of an earlier failure to load:", "").strip())
+      cli_lib.fail("--config and --workdir are required")
+    config = cli_lib.loaded_config(FLAGS)
     sys.exit(cli(config, FLAGS.workdir, groupings=FLAGS.groupings, measures=FLAGS.measures,
                  representations=FLAGS.representations, pretrain_epochs=FLAGS.pretrain_epochs,
                  save_models=FLAGS.save_models, models_from=FLAGS.models_from,
                  random_repeats=FLAGS.random_repeats, heatmaps=FLAGS.heatmaps))
 
-  app.run(main, flags_parser=parse)
+  app.run(main, flags_parser=lambda argv: cli_lib.parse_flags(FLAGS, argv))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 import fedjax_seq
-from fedjax_seq import results
-from fedjax_seq.errors import UserError
+from fedjax_seq import cli, files, results
+from fedjax_seq.errors import InputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (as for main.py).",
@@ -86,25 +86,25 @@ class Point:
 
 
 def _field_type(config: config_dict.ConfigDict, path: str) -> type:
-  """The type of an existing leaf field; UserError naming the path otherwise."""
+  """The type of an existing leaf field; InputError naming the path otherwise."""
   *parents, leaf = path.split(".")
   node = config
   for i, key in enumerate(parents):
     if not isinstance(node, config_dict.ConfigDict) or key not in node:
-      raise UserError(f"--sweep: the config has no field config.{'.'.join(parents[:i + 1])}")
+      raise InputError(f"--sweep: the config has no field config.{'.'.join(parents[:i + 1])}")
     node = node[key]
   if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
-    raise UserError(f"--sweep: the config has no field config.{path}")
+    raise InputError(f"--sweep: the config has no field config.{path}")
   if isinstance(node[leaf], config_dict.ConfigDict):
-    raise UserError(f"--sweep: config.{path} is a group of fields; sweep one of its fields")
+    raise InputError(f"--sweep: config.{path} is a group of fields; sweep one of its fields")
   return node.get_type(leaf)
 
 
 def _parse_value(token: str, field_type: type, path: str) -> Any:
   """Parses one swept value as the field's type, as config_flags would."""
   kind = {bool: "a boolean (true/false)", int: "an integer", float: "a number"}
-  error = UserError(f"--sweep: value {token!r} of config.{path} is not "
-                    f"{kind.get(field_type, field_type.__name__)}")
+  error = InputError(f"--sweep: value {token!r} of config.{path} is not "
+                     f"{kind.get(field_type, field_type.__name__)}")
   if field_type is bool:
     lowered = token.lower()
     if lowered in ("true", "t", "1"):
@@ -124,27 +124,27 @@ def _parse_value(token: str, field_type: type, path: str) -> Any:
       raise error from None
   if field_type is str:
     return token
-  raise UserError(f"--sweep: config.{path} holds a {field_type.__name__}; only int, float, "
-                  "bool and str fields can be swept")
+  raise InputError(f"--sweep: config.{path} holds a {field_type.__name__}; only int, float, "
+                   "bool and str fields can be swept")
 
 
 def parse_axis(spec: str, config: config_dict.ConfigDict) -> Axis:
   """Parses 'config.data.alpha=0,0.2' against the loaded config."""
   match = _SPEC.match(spec)
   if not match:
-    raise UserError(f"--sweep={spec}: expected config.PATH=V1,V2,... "
-                    "(e.g. --sweep=config.data.alpha=0,0.2,0.5)")
+    raise InputError(f"--sweep={spec}: expected config.PATH=V1,V2,... "
+                     "(e.g. --sweep=config.data.alpha=0,0.2,0.5)")
   path, values_text = match.groups()
   field_type = _field_type(config, path)
   tokens = [t.strip() for t in values_text.split(",")] if values_text.strip() else []
   if not tokens:
-    raise UserError(f"--sweep={spec}: no values; give config.{path}=V1,V2,...")
+    raise InputError(f"--sweep={spec}: no values; give config.{path}=V1,V2,...")
   if any(not t for t in tokens):
-    raise UserError(f"--sweep={spec}: empty value in the list")
+    raise InputError(f"--sweep={spec}: empty value in the list")
   values = [_parse_value(t, field_type, path) for t in tokens]
   for i, v in enumerate(values):
     if v in values[:i]:
-      raise UserError(f"--sweep={spec}: value {tokens[i]!r} is given twice")
+      raise InputError(f"--sweep={spec}: value {tokens[i]!r} is given twice")
   return Axis(path, tokens, values)
 
 
@@ -173,8 +173,8 @@ def find_main() -> str:
   for candidate in candidates:
     if os.path.isfile(candidate):
       return _display(candidate)
-  raise UserError("cannot find main.py next to the fedjax_seq package or in the current "
-                  "directory; run the sweep from the repository root")
+  raise InputError("cannot find main.py next to the fedjax_seq package or in the current "
+                   "directory; run the sweep from the repository root")
 
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:
@@ -221,8 +221,8 @@ def build_points(config_arg: str, workdir: str, axes: Sequence[Axis],
     tokens = [axes[k].tokens[i] for k, i in enumerate(combo)]
     name = point_name(labels, tokens)
     if name in seen:
-      raise UserError(f"points {seen[name]} and {','.join(tokens)} map to the same "
-                      f"directory {name}; use values that differ in letters or digits")
+      raise InputError(f"points {seen[name]} and {','.join(tokens)} map to the same "
+                       f"directory {name}; use values that differ in letters or digits")
     seen[name] = ",".join(tokens)
     assignments = [(axes[k].path, tokens[k], axes[k].values[i]) for k, i in enumerate(combo)]
     point_dir = os.path.join(_display(workdir), name)
@@ -260,8 +260,8 @@ def validate_points(config: config_dict.ConfigDict, points: Sequence[Point]) -> 
   for point in points:
     try:
       experiment.validate(resolved_config(config, point))
-    except UserError as e:
-      raise UserError(f"point {point.name} is invalid: {e}; nothing was run") from None
+    except InputError as e:
+      raise InputError(f"point {point.name} is invalid: {e}; nothing was run") from None
 
 
 def status(point: Point, wanted: dict) -> tuple[bool, str]:
@@ -270,13 +270,13 @@ def status(point: Point, wanted: dict) -> tuple[bool, str]:
     return False, "not started"
   try:
     run = results.load_run(point.workdir)
-  except UserError as e:
+  except InputError as e:
     return False, f"unreadable ({e})"
   done = run["records"][-1]["round"] if run["records"] else 0
   if not (results.is_finished(run) and run["config"].get("rounds") == wanted["rounds"]):
     return False, f"at round {done} of {wanted['rounds']}"
-  have = results.flatten_config(run["config"])
-  changed = sorted(k for k, v in results.flatten_config(wanted).items() if have.get(k, v) != v)
+  have = files.flatten(run["config"])
+  changed = sorted(k for k, v in files.flatten(wanted).items() if have.get(k, v) != v)
   note = f"finished ({done} rounds)"
   if changed:
     note += (f"; note: its config.json differs in {', '.join(changed)}; use another "
@@ -311,45 +311,36 @@ def write_slurm(point: Point, slurm_dir: str, job_prefix: str, time: str) -> str
   return script
 
 
-def _check_workdir(path: str, what: str) -> None:
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"{what} {path} exists and is not a directory")
-
-
 def run_sweep(argv: Sequence[str]) -> int:
   """Validates everything, then prints, emits or runs the points; returns the exit status."""
-  try:
-    config = FLAGS.config
-    config.seed  # config_flags defers a config file's load error to first use.
-  except (OSError, AttributeError) as e:
-    raise UserError(f"cannot load --config: {e}") from None
+  config = cli.loaded_config(FLAGS)
   workdir = FLAGS.workdir
-  _check_workdir(workdir, "--workdir")
+  files.check_directory(workdir, "--workdir")
   if not FLAGS.sweep:
-    raise UserError("give at least one --sweep=config.PATH=V1,V2,...")
+    raise InputError("give at least one --sweep=config.PATH=V1,V2,...")
   axes = [parse_axis(spec, config) for spec in FLAGS.sweep]
   paths = [a.path for a in axes]
   for p in paths:
     if paths.count(p) > 1:
-      raise UserError(f"config.{p} is swept twice; give its values in one --sweep")
+      raise InputError(f"config.{p} is swept twice; give its values in one --sweep")
   overrides = passthrough_overrides(argv)
   both = sorted(set(paths) & _overridden_paths(overrides))
   if both:
-    raise UserError(f"config.{both[0]} is both swept and overridden with --config.{both[0]}")
+    raise InputError(f"config.{both[0]} is both swept and overridden with --config.{both[0]}")
   if not _SLURM_TIME.match(FLAGS.slurm_time):
-    raise UserError(f"--slurm_time={FLAGS.slurm_time}: expected e.g. 24:00:00 or 1-00:00:00")
+    raise InputError(f"--slurm_time={FLAGS.slurm_time}: expected e.g. 24:00:00 or 1-00:00:00")
   targets = results.parse_targets(FLAGS.targets)
   study = FLAGS.program == "study"
   try:
     extra = shlex.split(FLAGS.study_flags)
   except ValueError as e:
-    raise UserError(f"--study_flags: {e}") from None
+    raise InputError(f"--study_flags: {e}") from None
   if extra and not study:
-    raise UserError("--study_flags needs --program=study")
+    raise InputError("--study_flags needs --program=study")
   points = build_points(FLAGS["config"].config_filename, workdir, axes, overrides,
                         "fedjax_seq.study" if study else find_main(), extra)
   for point in points:
-    _check_workdir(point.workdir, "point workdir")
+    files.check_directory(point.workdir, "point workdir")
   validate_points(config, points)
   states = [study_status(p) if study else status(p, point_config(config, p)) for p in points]
 
@@ -360,31 +351,40 @@ def run_sweep(argv: Sequence[str]) -> int:
       else:
         print(shlex.join(point.command))
     return 0
-
   if FLAGS.emit == "slurm":
-    slurm_dir = os.path.join(workdir, "slurm")
-    try:
-      os.makedirs(slurm_dir, exist_ok=True)
-      job_prefix = _UNSAFE.sub("_", os.path.basename(os.path.normpath(os.path.abspath(workdir))))
-      scripts = []
-      for point, (finished, note) in zip(points, states):
-        if finished:
-          print(f"skip {point.name}: {note}")
-        else:
-          scripts.append(write_slurm(point, slurm_dir, job_prefix + "-", FLAGS.slurm_time))
-    except OSError as e:
-      raise UserError(f"cannot write to {slurm_dir}: {e.strerror or e}") from None
-    print(f"wrote {len(scripts)} sbatch scripts to {slurm_dir}; submit them with:")
-    for script in scripts:
-      print(f"  sbatch {shlex.quote(script)}")
-    return 0
+    return _emit_slurm(points, states, workdir)
+  return _run_points(points, states, workdir, study, targets)
 
+
+def _emit_slurm(points: Sequence[Point], states, workdir: str) -> int:
+  """One sbatch script per unfinished point, in WORKDIR/slurm; prints how to submit them."""
+  slurm_dir = os.path.join(workdir, "slurm")
+  try:
+    os.makedirs(slurm_dir, exist_ok=True)
+    job_prefix = _UNSAFE.sub("_", os.path.basename(os.path.normpath(os.path.abspath(workdir))))
+    scripts = []
+    for point, (finished, note) in zip(points, states, strict=True):
+      if finished:
+        print(f"skip {point.name}: {note}")
+      else:
+        scripts.append(write_slurm(point, slurm_dir, job_prefix + "-", FLAGS.slurm_time))
+  except OSError as e:
+    raise InputError(f"cannot write to {slurm_dir}: {e.strerror or e}") from None
+  print(f"wrote {len(scripts)} sbatch scripts to {slurm_dir}; submit them with:")
+  for script in scripts:
+    print(f"  sbatch {shlex.quote(script)}")
+  return 0
+
+
+def _run_points(points: Sequence[Point], states, workdir: str, study: bool,
+                targets: Sequence[float]) -> int:
+  """Runs the unfinished points one after another, then tabulates what finished."""
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise UserError(f"cannot create --workdir {workdir}: {e.strerror or e}") from None
+    raise InputError(f"cannot create --workdir {workdir}: {e.strerror or e}") from None
   failed = []
-  for i, (point, (finished, note)) in enumerate(zip(points, states), 1):
+  for i, (point, (finished, note)) in enumerate(zip(points, states, strict=True), 1):
     prefix = f"[{i}/{len(points)}] {point.name}"
     if finished:
       print(f"{prefix}: {note}; skipped", flush=True)
@@ -401,7 +401,7 @@ def run_sweep(argv: Sequence[str]) -> int:
   else:
     write_summary(points, workdir, targets)
   if failed:
-    raise UserError(f"{len(failed)} of {len(points)} points failed: {', '.join(failed)}")
+    raise InputError(f"{len(failed)} of {len(points)} points failed: {', '.join(failed)}")
   return 0
 
 
@@ -412,39 +412,22 @@ def write_summary(points: Sequence[Point], workdir: str, targets: Sequence[float
   for point in points:
     try:
       runs.append(results.load_run(point.workdir))
-    except UserError as e:
+    except InputError as e:
       print(f"summary: leaving out {point.name}: {e}", file=sys.stderr)
   rows, paths = results.write_tables(runs, targets, os.path.join(workdir, "summary.md"))
   print(f"\n{results.to_markdown(rows)}\nwrote {', '.join(paths)}", flush=True)
 
 
-def _one_line(message: str) -> str:
-  return " ".join(str(message).replace("\\n", " ").replace("\\'", "").split())
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl parsing, with a bad flag or override as one `error:` line."""
-  try:
-    return FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    print(f"error: invalid flags: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: Sequence[str]) -> None:
-  """absl entry point: runs the sweep, UserError as one `error:` line."""
+  """absl entry point: runs the sweep, an InputError as one `error:` line."""
   if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    sys.exit(run_sweep(sys.argv[1:]))
-  except UserError as e:
-    print(f"error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(cli.run(lambda: run_sweep(sys.argv[1:])))
   except KeyboardInterrupt:
     print("error: interrupted; run the same command again to resume", file=sys.stderr)
     sys.exit(130)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(FLAGS, argv))

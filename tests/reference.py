@@ -51,7 +51,7 @@ def batches(data, client_id, key, epochs, batch_size):
   idx, mask = client_schedule(k_order, data.client_idx[client_id],
                               data.client_sizes[client_id], epochs, batch_size)
   idx, mask = np.asarray(idx), np.asarray(mask)
-  return [row[m] for row, m in zip(idx, mask) if m.any()]
+  return [row[m] for row, m in zip(idx, mask, strict=True) if m.any()]
 
 
 def grad(w, b, x, y):

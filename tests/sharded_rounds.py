@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import reference as ref  # noqa: E402
+from helpers import assert_trees_close  # noqa: E402
 from fedjax_seq.algorithms import rules  # noqa: E402
 from fedjax_seq.algorithms.fedavg import fedavg, scaffold  # noqa: E402
 from fedjax_seq.algorithms.fedseq import fedseq, make_superclients  # noqa: E402
@@ -41,8 +42,7 @@ def main():
     for r in range(2):
       a, _ = single(a, data, jax.random.key(r))
       b, _ = sharded(b, data, jax.random.key(r))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    assert_trees_close(a, b, rtol=1e-5, atol=1e-6)
     rows = client_rows(b)  # the declared per-client state
     assert len(rows) == (0 if name.startswith("fedavg") else 1), name
     for leaf in jax.tree.leaves(rows):

@@ -1,6 +1,6 @@
-"""The README's "Adding an algorithm" example (tests/fednova_example.py), run as written.
+"""The docs' "Adding an algorithm" example (tests/fednova_example.py), run as written.
 
-The README's code block is this file's example verbatim; registered from it,
+docs/algorithms.md includes this file's example verbatim; registered from it,
 FedNova runs through main.py end to end, matches a NumPy reference, reduces
 to FedAvg with equal local steps, and runs in FedSeq's chains.
 """
@@ -8,14 +8,13 @@ to FedAvg with equal local steps, and runs in FedSeq's chains.
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 import reference as ref
+from helpers import assert_trees_close, main_py
 from fedjax_seq.algorithms import registry
 from fedjax_seq.algorithms.fedavg import fedavg
 from fedjax_seq.algorithms.fedseq import make_superclients
@@ -47,22 +46,22 @@ def build(name, sizes, groups=None):
 
 
 def run(alg, data, keys):
-  state = alg.init(ref.init_params())
+  state, round_fn = alg.init(ref.init_params()), make_round(alg, "vmap")  # compiled once
   for key in keys:
-    state, _ = make_round(alg, "vmap")(state, data, key)
+    state, _ = round_fn(state, data, key)
   return state
 
 
 KEYS = [jax.random.key(5 + r) for r in range(2)]
 
 
-def test_readme_shows_the_example_verbatim():
-  with open(os.path.join(ROOT, "README.md")) as f:
-    readme = f.read()
-  section = readme.split("## Adding an algorithm", 1)[1]
-  block = section.split("```python\n", 1)[1].split("```", 1)[0]
-  with open(EXAMPLE) as f:
-    assert block == f.read()
+def test_docs_show_the_example_verbatim():
+  """docs/algorithms.md's "Adding an algorithm" includes the whole example file (MyST)."""
+  with open(os.path.join(ROOT, "docs", "algorithms.md")) as f:
+    section = f.read().split("\n## Adding an algorithm\n", 1)[1].split("\n## ", 1)[0]
+  target, *options = section.split("```{literalinclude} ", 1)[1].split("```", 1)[0].splitlines()
+  assert options == [":language: python"], options  # no :lines: or :start-after:: the whole file
+  assert os.path.normpath(os.path.join(ROOT, "docs", target)) == EXAMPLE
 
 
 def test_fednova_matches_numpy(fednova):
@@ -78,13 +77,13 @@ def test_fednova_matches_numpy(fednova):
     for c in ids:
       batch_list = ref.batches(data, c, jax.random.fold_in(k_train, c), EPOCHS, BATCH)
       y = ref.local_sgd(*x, images, labels, batch_list, LR)
-      updates.append([a - b for a, b in zip(x, y)])
+      updates.append([a - b for a, b in zip(x, y, strict=True)])
       taus.append(len(batch_list))
     unequal |= len(set(taus)) > 1
     tau_eff = float(np.dot(p, taus))
-    x = tuple(x[j] - tau_eff * sum(pi * u[j] / t for pi, u, t in zip(p, updates, taus))
+    x = tuple(x[j] - tau_eff * sum(pi * u[j] / t for pi, u, t in zip(p, updates, taus, strict=True))
               for j in range(2))
-  for got, want in zip(ref.to_np(state.params), x):
+  for got, want in zip(ref.to_np(state.params), x, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert unequal  # a round whose clients took different numbers of steps
 
@@ -94,8 +93,7 @@ def test_fednova_with_equal_steps_is_fedavg(fednova):
   _, _, data = ref.tiny_data(sizes)
   a = run(build("fednova", sizes), data, KEYS)
   b = run(fedavg(ref.trainer(lr=LR, epochs=EPOCHS, batch_size=BATCH), 4, 0.5), data, KEYS)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  assert_trees_close(a.params, b.params, rtol=1e-5, atol=1e-6)
 
 
 def test_fedseq_nova_with_one_member_superclients_is_fednova(fednova):
@@ -103,19 +101,17 @@ def test_fedseq_nova_with_one_member_superclients_is_fednova(fednova):
   _, _, data = ref.tiny_data(sizes)
   a = run(build("fedseq_nova", sizes, [np.array([k]) for k in range(4)]), data, KEYS)
   b = run(build("fednova", sizes), data, KEYS)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(a.params, b.params, rtol=1e-6, atol=1e-7)
 
 
 def test_registered_from_a_file_it_runs_through_main(tmp_path):
   workdir = tmp_path / "run"
-  proc = subprocess.run(
-      [sys.executable, "main.py", "--config=tests/fednova_example.py", f"--workdir={workdir}",
-       "--config.data.name=synthetic", "--config.model.name=mlp",
-       "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
-       "--config.data.iid=True", "--config.client.lr=0.1", "--config.client.batch_size=10",
-       "--config.rounds=4", "--config.eval_every=2"], cwd=ROOT, capture_output=True, text=True,
-      timeout=300)
+  proc = main_py(
+      "--config=tests/fednova_example.py", f"--workdir={workdir}",
+      "--config.data.name=synthetic", "--config.model.name=mlp",
+      "--config.data.synthetic.train_size=2000", "--config.data.num_clients=50",
+      "--config.data.iid=True", "--config.client.lr=0.1", "--config.client.batch_size=10",
+      "--config.rounds=4", "--config.eval_every=2")
   assert proc.returncode == 0, proc.stderr
   assert "fedjax_seq: fednova on synthetic" in proc.stderr
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -128,12 +124,19 @@ def test_built_in_names_cannot_be_replaced():
     registry.register("fedavg", registry.averaging("plain"))
 
 
-def test_readme_lists_every_registered_algorithm():
-  """The `algorithm.name` row of the README's config table is the registry, in its order."""
-  with open(os.path.join(ROOT, "README.md")) as f:
-    row = next(l for l in f if l.startswith("| `algorithm.name` |"))
-  listed = row.split("|")[3].split("(the registry")[0].replace("`", "").replace(",", " ").split()
-  assert listed == [n for n in registry.ALGORITHMS if n in registry.BUILTIN]
+def test_docs_list_every_registered_algorithm():
+  """The generated field reference's `algorithm.name` row lists the registry, in its order."""
+  with open(os.path.join(ROOT, "docs", "config_fields.md")) as f:
+    assert "\n```{config-fields}\n```\n" in f.read()
+  modules = {}
+  for name, path in (("config_fields", "_ext/config_fields.py"), ("conf", "conf.py")):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "docs", path))
+    modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(modules[name])  # the generator, and conf.py's supplement
+  generated = modules["config_fields"].fields(modules["conf"].config_fields_supplement)
+  row = next(field for field in generated if field.path == "algorithm.name")
+  assert list(row.registered) == list(registry.ALGORITHMS)
+  assert set(registry.BUILTIN) <= set(row.registered)
 
 
 def test_a_rule_named_by_module_path_is_imported_when_built():

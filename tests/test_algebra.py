@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from configs import default
+from helpers import assert_trees_close, assert_trees_equal, tiny_config
 from fedjax_seq.algorithms import rules
 from fedjax_seq.algorithms.fedavg import fedavg, feddyn, scaffold
 from fedjax_seq.algorithms.fedseq import fedseq, make_superclients
@@ -51,7 +51,7 @@ class NumpyServer:
     if self.name is None:
       return proposal
     out, m, v = [], [], []
-    for xi, pi, mi, vi in zip(x, proposal, self.m, self.v):
+    for xi, pi, mi, vi in zip(x, proposal, self.m, self.v, strict=True):
       d = pi - xi
       if self.name == "momentum":  # FedAvgM: v <- beta v + g, x <- x - lr v, g = -d
         mi = OPT["momentum"] * mi - d
@@ -99,7 +99,7 @@ class NumpyClients:
                           ref.batches(self.data, cid, jax.random.fold_in(key, 1), EPOCHS, BATCH))
     else:  # option II: c_i - c + (x - y_i) / (steps * lr)
       new = tuple(r - c + (x - y) / (len(batch_list) * LR)
-                  for r, c, x, y in zip(row, self.c, model, (w, b)))
+                  for r, c, x, y in zip(row, self.c, model, (w, b), strict=True))
     self.rows[cid] = new
     return (w, b), (new[0] - row[0], new[1] - row[1])
 
@@ -113,7 +113,7 @@ class NumpyClients:
     if self.rule.startswith("scaffold"):
       self.c = tuple(self.c[j] + sum(d[j] for d in contributions) / K for j in range(2))
     w = np.asarray(weights, np.float64) / np.sum(weights)
-    return tuple(sum(a * m[j] for a, m in zip(w, models)) for j in range(2))
+    return tuple(sum(a * m[j] for a, m in zip(w, models, strict=True)) for j in range(2))
 
 
 def numpy_rounds(keys, rule, *, family="fedavg", optimizer=None, period=None, fraction=0.5):
@@ -135,11 +135,11 @@ def numpy_rounds(keys, rule, *, family="fedavg", optimizer=None, period=None, fr
         bank, bank_weights = [x] * n, np.zeros(n)
       starts = bank if family == "inter" else [x] * n
       outs = []
-      for start, s in zip(starts, chosen):
+      for start, s in zip(starts, chosen, strict=True):
         model, total = start, None
         for cid in GROUPS[s]:
           model, d = clients.train(model, cid, jax.random.fold_in(k_train, cid))
-          total = d if total is None else tuple(t + e for t, e in zip(total, d))
+          total = d if total is None else tuple(t + e for t, e in zip(total, d, strict=True))
         outs.append((model, total))
       weights = [sum(SIZES[c] for c in GROUPS[s]) for s in chosen]
       if family == "inter":
@@ -152,7 +152,7 @@ def numpy_rounds(keys, rule, *, family="fedavg", optimizer=None, period=None, fr
 
 def close(tree, expected, rtol=2e-5, atol=2e-6):
   got = ref.to_np(tree)
-  for g, e in zip(got, expected):
+  for g, e in zip(got, expected, strict=True):
     np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
 
 
@@ -211,8 +211,7 @@ def test_scaffold_controls_agree_on_the_first_round_models_only():
   """Both controls train the same first round (c = c_i = 0) and then differ."""
   a = run(scaffold(trainer(), K, 0.5, control="gradient"), KEYS[:1])
   b = run(scaffold(trainer(), K, 0.5, control="difference"), KEYS[:1])
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a.params, b.params)
   assert np.abs(ref.to_np(a.server)[0] - ref.to_np(b.server)[0]).max() > 1e-4
 
 
@@ -223,8 +222,7 @@ def test_fedseq_with_one_member_superclients_is_scaffold():
   a = fedseq(trainer(), sc, K, 0.5, rule=rules.scaffold())
   b = scaffold(trainer(), K, 0.5)
   sa, sb = run(a, KEYS), run(b, KEYS)
-  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(sa, sb, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adam", "yogi", "adagrad"])
@@ -260,7 +258,8 @@ def test_plain_sgd_with_lr_one_is_no_optimizer():
   half = fedavg(trainer(), K, 0.5, server_optimizer=server_lib.server_optimizer("sgd", lr=0.5))
   x0 = ref.to_np(ref.init_params())
   close(run(half, KEYS[:1]).params, tuple(a + 0.5 * (p - a)
-                                          for a, p in zip(x0, ref.to_np(state.params))))
+                                          for a, p in zip(x0, ref.to_np(state.params),
+                                                          strict=True)))
 
 
 def test_server_optimizer_state_resumes_exactly(tmp_path):
@@ -270,8 +269,7 @@ def test_server_optimizer_state_resumes_exactly(tmp_path):
   full, part = ref.resumed_and_uninterrupted(alg, make_round(alg, "loop"), data, KEYS,
                                              str(tmp_path))
   assert isinstance(part.opt[0], server_lib.FedOptState)
-  for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(part)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(full, part)
 
 
 @pytest.mark.parametrize("family", ["fedseq", "inter"])
@@ -284,8 +282,7 @@ def test_host_resident_scaffold_rows_equal_device_resident(family):
     a, _ = on_device(a, data, key)
     b, _ = on_host(b, data, key)
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(b.clients))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_constructors_refuse_bad_values_with_plain_messages():
@@ -308,17 +305,8 @@ def test_constructors_refuse_bad_values_with_plain_messages():
 
 
 def small_config(algorithm, **overrides):
-  c = default.get_config()
-  c.algorithm.name = algorithm
-  c.data.name, c.data.num_clients, c.model.name = "synthetic", 20, "mlp"
-  c.data.synthetic.update(train_size=400, test_size=200)
-  c.client.update(fraction=0.25, lr=0.05)
-  c.fedseq.update(evaluator_model="mlp", pretrain_epochs=1, min_examples=40, max_clients=4)
-  c.eval_every = c.checkpoint_every = 1
-  for path, value in overrides.items():
-    section, field = path.split(".")
-    c[section][field] = value
-  return c
+  """The tiny run (tests/helpers.py), evaluated and checkpointed every round."""
+  return tiny_config(algorithm, eval_every=1, checkpoint_every=1, **overrides)
 
 
 def test_server_optimizer_run_resumes_exactly(tmp_path):
@@ -343,5 +331,4 @@ def test_server_optimizer_run_resumes_exactly(tmp_path):
     states.append(ckpt.restore(4, exp.algorithm.init(exp.init_params))[0])
     ckpt.close()
   assert isinstance(states[1].opt[0], server_lib.FedOptState)
-  for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(states[0], states[1])

@@ -2,22 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 
-
+import helpers
+from helpers import tiny_flags
 from fedjax_seq import allocator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--config.data.name=synthetic", "--config.data.synthetic.train_size=400",
-         "--config.data.synthetic.test_size=200", "--config.data.num_clients=10",
-         "--config.model.name=mlp", "--config.rounds=2", "--config.eval_every=1"]
+SMALL = tiny_flags(rounds=2, eval_every=1)  # the tiny run (tests/helpers.py), 2 rounds
 
 
 def main_py(workdir, **env):
-  return subprocess.run([sys.executable, "main.py", "--config=configs/fedavg.py",
-                         f"--workdir={workdir}", *SMALL], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env={**os.environ, **env})
+  return helpers.main_py("--config=configs/fedavg.py", f"--workdir={workdir}", *SMALL,
+                         env={**os.environ, **env})
 
 
 def test_jemalloc_is_installed_as_the_readme_says():
@@ -48,8 +43,7 @@ def test_the_re_executed_process_keeps_its_command_line(tmp_path):
   # The command line survives the re-execution (sys.orig_argv), and the child sees jemalloc loaded.
   code = ("import sys; from fedjax_seq import allocator; allocator.reexec_with_jemalloc(); "
           "print(allocator.active(), sys.argv[1:])")
-  proc = subprocess.run([sys.executable, "-c", code, "a", "--b=1"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60,
+  proc = helpers.python("-c", code, "a", "--b=1", timeout=60,
                         env={k: v for k, v in os.environ.items()
                              if k not in ("LD_PRELOAD", allocator.ENV, "_FEDJAX_SEQ_REEXECUTED")})
   assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""The library API: the README's example runs, and build() gives main.py's rounds."""
+"""The library API: the docs' example runs, and build() gives main.py's rounds."""
 
 import os
 import re
@@ -9,15 +9,16 @@ import pytest
 
 import fedjax_seq
 from configs import default
-from fedjax_seq.errors import UserError
+from helpers import assert_trees_equal, tiny_config
+from fedjax_seq.errors import InputError
 from fedjax_seq.training.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_example() -> str:
-  """The first python block of the README's "Use from Python" section."""
-  text = open(os.path.join(ROOT, "README.md")).read()
+  """The first python block of the "Use from Python" section of docs/getting_started.md."""
+  text = open(os.path.join(ROOT, "docs", "getting_started.md")).read()
   section = text.split("\n## Use from Python\n", 1)[1].split("\n## ", 1)[0]
   return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -26,7 +27,7 @@ def test_readme_example_learns_fashion_mnist(capsys):
   code = readme_example()
   assert "fedjax_seq.build(" in code and len(code.strip().splitlines()) <= 15
   namespace = {}
-  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(code, "docs/getting_started.md", "exec"), namespace)  # pylint: disable=exec-used
   # 10 classes: chance is 0.1; measured 0.737 after 20 rounds.
   assert namespace["accuracy"] > 0.6, namespace["accuracy"]
   assert namespace["loss"] < 1.5
@@ -39,22 +40,15 @@ def test_default_config_is_the_config_files_base():
 
 
 def small():
-  c = fedjax_seq.default_config()
-  c.algorithm.name = "scaffold"  # per-client state too
-  c.data.name = "synthetic"
-  c.data.synthetic.update(train_size=400, test_size=200)
-  c.data.num_clients = 10
-  c.model.name = "mlp"
-  c.client.fraction = 0.3
-  c.rounds, c.eval_every = 3, 3
-  return c
+  """SCAFFOLD (per-client state too) on the tiny run (tests/helpers.py: 20 clients)."""
+  return tiny_config("scaffold", rounds=3, eval_every=3)
 
 
 def test_build_gives_main_pys_rounds(tmp_path):
   """Rounds 1..3 through the API equal a main.py run of the same config, bit for bit."""
   c = small()
   exp = fedjax_seq.build(c)
-  assert exp.data.num_clients == 10 and exp.strategy == "loop"
+  assert exp.data.num_clients == 20 and exp.strategy == "loop"
   assert exp.algorithm.init is not None and exp.model.apply is not None
   state = exp.state
   for r in range(1, 4):
@@ -65,15 +59,14 @@ def test_build_gives_main_pys_rounds(tmp_path):
   assert (accuracy, loss) == (record["test_accuracy"], record["test_loss"])
   # .state is a fresh initial state every time, usable after rounds consumed others.
   fresh = exp.state
-  for a, b in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(exp.init_params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(fresh.params, exp.init_params)
   assert exp.evaluate(fresh) != (accuracy, loss)
 
 
 def test_build_refuses_bad_config():
   c = small()
   c.client.lr = -1.0
-  with pytest.raises(UserError, match="config.client.lr must be > 0"):
+  with pytest.raises(InputError, match="config.client.lr must be > 0"):
     fedjax_seq.build(c)
 
 

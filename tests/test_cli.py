@@ -2,29 +2,18 @@
 
 import json
 import os
-import subprocess
-import sys
 
+import numpy as np
 import pytest
 
-import reference as ref
-from configs import default
-from fedjax_seq.errors import UserError
+from helpers import main_py, tiny_config
+from fedjax_seq.errors import InputError
 from fedjax_seq.training.train import train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(**overrides):
-  c = default.get_config()
-  c.data.name = "synthetic"
-  c.data.synthetic.train_size = 600
-  c.data.synthetic.test_size = 200
-  c.data.num_clients = 20
-  c.model.name = "mlp"
-  c.rounds = 2
-  c.eval_every = 1
-  return ref.override(c, overrides)
+  """The tiny run (tests/helpers.py: 800 examples, 20 clients), 2 rounds."""
+  return tiny_config(**{"rounds": 2, "eval_every": 1, **overrides})
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -35,7 +24,7 @@ def small_config(**overrides):
     ({"client.fraction": 1.5}, r"fraction must be in \(0, 1\]"),
     ({"client.lr": -0.1}, "lr must be > 0"),
     ({"eval_every": 0}, "eval_every must be >= 1"),
-    ({"data.num_clients": 601}, "more clients than examples"),
+    ({"data.num_clients": 801}, "more clients than examples"),
     ({"data.name": "cifar10", "data.dir": "/nonexistent/cifar"}, "/nonexistent/cifar"),
     ({"data.name": "fashion_mnist", "data.dir": "/nonexistent/fm"}, "dataset-fashion-mnist"),
     ({"algorithm.name": "fedseq", "fedseq.representation": "classifier_all"},
@@ -48,7 +37,7 @@ def small_config(**overrides):
 ])
 def test_bad_input_raises_before_anything_is_written(tmp_path, overrides, message):
   workdir = tmp_path / "run"
-  with pytest.raises(UserError, match=message) as e:
+  with pytest.raises(InputError, match=message) as e:
     train_and_evaluate(small_config(**overrides), str(workdir))
   assert "\n" not in str(e.value)
   assert not workdir.exists()
@@ -57,14 +46,13 @@ def test_bad_input_raises_before_anything_is_written(tmp_path, overrides, messag
 def test_workdir_that_is_a_file_is_refused(tmp_path):
   path = tmp_path / "file"
   path.write_text("keep me")
-  with pytest.raises(UserError, match="not a directory"):
+  with pytest.raises(InputError, match="not a directory"):
     train_and_evaluate(small_config(), str(path))
   assert path.read_text() == "keep me"
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  return main_py(*args)
 
 
 FEDSEQ_SMALL = ("--config.fedseq.evaluator_model=mlp", "--config.fedseq.pretrain_epochs=1",
@@ -106,6 +94,44 @@ def test_main_runs_learns_and_writes_metrics(tmp_path, config):
   assert written["algorithm"]["name"] == config and written["server"]["optimizer"] == optimizer
   assert (workdir / "superclients.json").exists() == config.startswith("fedseq")
   assert "final test accuracy" in proc.stderr
+  assert_server_optimizer_state(workdir, optimizer, written["server"]["eps"])
+
+
+# The optimizer state each server optimizer keeps (core/server.py): FedAvgM optax's momentum
+# trace, the adaptive ones Algorithm 2's moments m and v; SGD with lr 1 none at all.
+OPTIMIZER_STATE = {"sgd": None, "momentum": {"trace"}, "adam": {"m", "v"}, "yogi": {"m", "v"},
+                   "adagrad": {"m", "v"}}
+
+
+def assert_server_optimizer_state(workdir, optimizer, eps):
+  """The final checkpoint holds the named optimizer's state, and the run moved it.
+
+  Read from disk as training/checkpoint.py writes it (orbax, the state under
+  checkpoints/ROUND/state), without a target, so nothing of this process's
+  own config decides what is found: an ignored config.server.optimizer fails.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  rounds = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+  assert rounds and rounds[-1] == 4, rounds
+  with ocp.StandardCheckpointer() as reader:
+    state = reader.restore(str(workdir / "checkpoints" / "4" / "state"))
+  want = OPTIMIZER_STATE[optimizer]
+  if want is None:
+    assert state["opt"] is None, jax.tree.map(np.shape, state["opt"])
+    return
+  params = jax.tree.leaves(state["params"])
+  opt = state["opt"][0]  # the optax chain's first transform; the second (a scale) is stateless
+  assert set(opt) == want, (optimizer, sorted(opt))
+  for name in want:
+    leaves = jax.tree.leaves(opt[name])
+    assert [np.shape(x) for x in leaves] == [np.shape(p) for p in params], name
+    for x in map(np.asarray, leaves):
+      assert np.isfinite(x).all(), name
+      if name == "v":  # starts at eps^2 (Algorithm 2's v_-1); 4 rounds of updates moved it
+        assert np.abs(x - eps * eps).max() > 0, name
+      else:  # the trace and m start at 0
+        assert np.abs(x).max() > 0, name
 
 
 @pytest.mark.parametrize("args,message", [
@@ -133,7 +159,7 @@ def test_misspelt_override_is_refused(tmp_path):
 def test_divergence_stops_with_the_round_and_no_nan_metrics(tmp_path):
   workdir = tmp_path / "run"
   c = small_config(**{"client.lr": 1e20, "rounds": 6, "eval_every": 1})
-  with pytest.raises(UserError, match=r"training diverged at round \d+ .*lower config.client.lr") as e:
+  with pytest.raises(InputError, match=r"training diverged at round \d+ .*lower config.client.lr") as e:
     train_and_evaluate(c, str(workdir))
   bad_round = int(str(e.value).split("round ")[1].split()[0])
   # metrics.jsonl is written at the start: it must exist, with only good rounds in it.

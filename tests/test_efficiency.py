@@ -1,34 +1,20 @@
 """FLOP counts by hand, XLA's count, and the one-call accelerator benchmark in its tiny mode."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from benchmarks import flops
+from helpers import LENET_MACS, MLP_MACS, python, train_flops
 from fedjax_seq.models.registry import get_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# LeNet on 32x32x3, multiply-adds per example, by hand:
-# conv1 28*28 outputs x 5*5*3 inputs x 64; conv2 10*10 x 5*5*64 x 64; fc 1600x384, 384x192, 192x10.
-LENET_MACS = [28 * 28 * 75 * 64, 10 * 10 * 1600 * 64, 1600 * 384, 384 * 192, 192 * 10]
-MLP_MACS = [3072 * 200, 200 * 200, 200 * 10]
-
-
-def train_flops(macs):
-  """Forward + weight gradients + input gradients of all layers but the first, 2 FLOPs a MAC."""
-  return 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
 
 
 @pytest.mark.parametrize("name,macs", [("lenet", LENET_MACS), ("mlp", MLP_MACS)])
 def test_flops_per_example_by_hand_and_by_xla(name, macs):
   model = get_model(name, 10, **({"conv_impl": "im2col"} if name == "lenet" else {}))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   assert [m for _, m in flops.layer_macs(model, params, (32, 32, 3))] == macs
   per_example = flops.train_flops_per_example(model, params, (32, 32, 3))
   assert per_example == train_flops(macs)
@@ -39,9 +25,8 @@ def test_flops_per_example_by_hand_and_by_xla(name, macs):
 
 
 def test_accelerator_tiny_writes_every_section(tmp_path):
-  proc = subprocess.run([sys.executable, "benchmarks/accelerator.py", "--tiny", "--rounds=1",
-                         "--dtypes=float32", f"--out={tmp_path}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  proc = python("benchmarks/accelerator.py", "--tiny", "--rounds=1", "--dtypes=float32",
+                f"--out={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads((tmp_path / "accelerator.json").read_text())
   assert set(out["rounds"]) == {f"{n}/float32" for n in (

@@ -6,21 +6,8 @@ import numpy as np
 import pytest
 
 import reference as ref
+from helpers import assert_leaves_match, assert_trees_close, assert_trees_equal
 from fedjax_seq.data.federated import client_schedule, make_fed_data, random_crop_flip
-
-
-def assert_leaves_match(tree, expected, rtol=1e-5, atol=1e-6):
-  """Every leaf of a reference-model pytree (params or per-client state) against (w, b).
-
-  The reference model has exactly one layer, so (kernel, bias) is every
-  leaf; a tree with any other leaf fails rather than going unchecked.
-  """
-  leaves = jax.tree_util.tree_leaves_with_path(tree)
-  names = sorted(jax.tree_util.keystr(path) for path, _ in leaves)
-  assert names == ["['params']['fc1']['bias']", "['params']['fc1']['kernel']"], names
-  got = ref.to_np(tree)
-  np.testing.assert_allclose(got[0], expected[0], rtol=rtol, atol=atol)
-  np.testing.assert_allclose(got[1], expected[1], rtol=rtol, atol=atol)
 
 
 def test_schedule_is_a_shuffled_dataloader():
@@ -71,8 +58,7 @@ def test_padded_steps_are_exact_no_ops():
   a = train(params, alone, jnp.int32(0), key)
   b = train(params, padded, jnp.int32(0), key)
   assert padded.max_client_size == 15 and alone.max_client_size == 5
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a.params, b.params)
   assert int(a.num_steps) == int(b.num_steps) == 9
   np.testing.assert_array_equal(np.asarray(a.loss), np.asarray(b.loss))
 
@@ -92,8 +78,7 @@ def test_unrolled_equals_rolled():
   key = jax.random.key(2)
   a = jax.jit(ref.trainer(epochs=2, unroll=1).train)(params, data, jnp.int32(1), key)
   b = jax.jit(ref.trainer(epochs=2, unroll=True).train)(params, data, jnp.int32(1), key)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(a.params, b.params, rtol=1e-6, atol=1e-7)
 
 
 def crop_flip_draws(keys: int, batch: int, h: int = 6, pad: int = 4) -> np.ndarray:
@@ -151,5 +136,4 @@ def test_step_cap_truncates_only_larger_clients():
   assert_leaves_match(b.params, expected)
   # A client with at most 2 steps is unchanged, bit for bit.
   a, b = full(params, data, jnp.int32(1), key), capped(params, data, jnp.int32(1), key)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a.params, b.params)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from test_engine import assert_leaves_match
+from helpers import assert_leaves_match, assert_trees_close, assert_trees_equal
 from fedjax_seq.algorithms.fedavg import fairavg, fedavg, fedprox
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 
@@ -30,8 +30,8 @@ def numpy_round(images, labels, data, params, key, n, weighting="size", mu=0.0):
     models.append(ref.local_sgd(w0, b0, images, labels, batch_list, LR, correction=corr))
     weights.append(SIZES[cid] if weighting == "size" else 1.0)
   weights = np.array(weights) / np.sum(weights)
-  w = sum(a * m[0] for a, m in zip(weights, models))
-  b = sum(a * m[1] for a, m in zip(weights, models))
+  w = sum(a * m[0] for a, m in zip(weights, models, strict=True))
+  b = sum(a * m[1] for a, m in zip(weights, models, strict=True))
   return ids, w, b
 
 
@@ -67,8 +67,7 @@ def test_fedprox_with_zero_mu_is_fedavg_bit_for_bit():
   key = jax.random.key(9)
   a, _ = run_round(fedavg(trainer, 4, 0.5), data, key)
   b, _ = run_round(fedprox(trainer, 4, 0.5, mu=0.0), data, key)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a.params, b.params)
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedprox"])
@@ -78,12 +77,12 @@ def test_vmap_round_equals_per_client_loop(name):
   make = {"fedavg": lambda: fedavg(trainer, 4, 0.75),
           "fedprox": lambda: fedprox(trainer, 4, 0.75, mu=0.3)}[name]
   sv, sl = make().init(ref.init_params()), make().init(ref.init_params())  # rounds donate state
+  vmap_round, loop_round = make_round(make(), "vmap"), make_round(make(), "loop")  # compiled once
   for r in range(3):
     key = jax.random.key(r)
-    sv, mv = run_round(make(), data, key, "vmap", sv)
-    sl, ml = run_round(make(), data, key, "loop", sl)
-  for x, y in zip(jax.tree.leaves(sv.params), jax.tree.leaves(sl.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    sv, mv = vmap_round(sv, data, key)
+    sl, ml = loop_round(sl, data, key)
+  assert_trees_close(sv.params, sl.params, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(float(mv["train_loss"]), float(ml["train_loss"]), rtol=1e-5)
 
 
@@ -129,5 +128,4 @@ def test_chunked_vmap_equals_whole_cohort(chunk):
   a, _ = make_round(alg, "vmap")(alg.init(ref.init_params()), data, jax.random.key(2))
   b, _ = make_round(alg, "vmap", chunk=chunk)(alg.init(ref.init_params()), data,
                                               jax.random.key(2))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(a, b, rtol=1e-6, atol=1e-7)

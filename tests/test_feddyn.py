@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from test_engine import assert_leaves_match
+from helpers import assert_leaves_match
 from fedjax_seq.algorithms.fedavg import feddyn
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from helpers import assert_trees_close
 from fedjax_seq.algorithms.fedavg import fedavg
 from fedjax_seq.algorithms import rules
 from fedjax_seq.algorithms.fedseq import fedseq, make_superclients
@@ -22,8 +23,7 @@ def trainer():
 
 
 def leaves_close(a, b, **kw):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+  assert_trees_close(a, b, **kw)
 
 
 def test_chain_equals_members_one_after_another():
@@ -42,7 +42,7 @@ def test_chain_equals_members_one_after_another():
     models.append(params)
     weights.append(sum(SIZES[c] for c in group))
   w = np.array(weights) / sum(weights)
-  expected = jax.tree.map(lambda *m: sum(a * x for a, x in zip(w, m)), *models)
+  expected = jax.tree.map(lambda *m: sum(a * x for a, x in zip(w, m, strict=True)), *models)
   leaves_close(state.params, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -51,9 +51,10 @@ def test_single_member_superclients_are_fedavg():
   sc = make_superclients([np.array([k]) for k in range(K)], np.array(SIZES))
   a, b = fedseq(trainer(), sc, K, 0.5), fedavg(trainer(), K, 0.5)
   sa, sb = a.init(ref.init_params()), b.init(ref.init_params())
+  round_a, round_b = make_round(a, "vmap"), make_round(b, "vmap")  # each compiled once
   for r in range(2):
-    sa, _ = make_round(a, "vmap")(sa, data, jax.random.key(r))
-    sb, _ = make_round(b, "vmap")(sb, data, jax.random.key(r))
+    sa, _ = round_a(sa, data, jax.random.key(r))
+    sb, _ = round_b(sb, data, jax.random.key(r))
   leaves_close(sa.params, sb.params, rtol=1e-6, atol=1e-7)
 
 
@@ -65,9 +66,10 @@ def test_inter_with_reset_every_round_is_fedseq(rule):
   a = fedseq(trainer(), sc, K, 0.67, rule=rule)
   b = fedseq_inter(trainer(), sc, K, 0.67, rule=rule, period=1)
   sa, sb = a.init(ref.init_params()), b.init(ref.init_params())
+  round_a, round_b = make_round(a, "vmap"), make_round(b, "loop")  # each compiled once
   for r in range(3):
-    sa, _ = make_round(a, "vmap")(sa, data, jax.random.key(r))
-    sb, _ = make_round(b, "loop")(sb, data, jax.random.key(r))
+    sa, _ = round_a(sa, data, jax.random.key(r))
+    sb, _ = round_b(sb, data, jax.random.key(r))
   leaves_close(sa.params, sb.params, rtol=1e-5, atol=1e-6)
   if sa.clients is not None:  # FedDyn's g_i
     leaves_close(sa.clients, sb.clients, rtol=1e-5, atol=1e-6)
@@ -124,7 +126,7 @@ def test_fedseq_dyn_members_keep_their_own_state():
     row = jax.tree.map(lambda x: x[cid], state.clients.rows)
     got = ref.to_np(row)
     want = expected_rows.get(cid, (np.zeros_like(w), np.zeros_like(b)))
-    for g, e in zip(got, want):
+    for g, e in zip(got, want, strict=True):
       np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
   # Server: FedDyn's update over the one superclient's final model, K clients.
   w_init, b_init = ref.to_np(ref.init_params())
@@ -139,8 +141,9 @@ def test_dropout_and_shuffle_keep_vmap_equal_to_loop():
   sc = make_superclients(GROUPS, np.array(SIZES))
   alg = fedseq(trainer(), sc, K, 1.0, sequential_rounds=2, dropout=0.4)
   sv, sl = alg.init(ref.init_params()), alg.init(ref.init_params())  # rounds donate state
+  vmap_round, loop_round = make_round(alg, "vmap"), make_round(alg, "loop")  # compiled once
   for r in range(2):
-    sv, mv = make_round(alg, "vmap")(sv, data, jax.random.key(r))
-    sl, ml = make_round(alg, "loop")(sl, data, jax.random.key(r))
+    sv, mv = vmap_round(sv, data, jax.random.key(r))
+    sl, ml = loop_round(sl, data, jax.random.key(r))
   leaves_close(sv.params, sl.params, rtol=1e-5, atol=1e-6)
   assert np.isfinite(float(mv["train_loss"]))

@@ -22,7 +22,8 @@ def test_vectorized_pretraining_equals_one_client_alone():
   looped = formation.pretrain(trainer, init, data, key, strategy="loop", chunk=2)
   for cid in range(5):
     alone = trainer.train(init, data, jnp.int32(cid), jax.random.fold_in(key, cid)).params
-    for a, b, c in zip(jax.tree.leaves(alone), jax.tree.leaves(chunked), jax.tree.leaves(looped)):
+    for a, b, c in zip(jax.tree.leaves(alone), jax.tree.leaves(chunked), jax.tree.leaves(looped),
+                       strict=True):
       np.testing.assert_allclose(np.asarray(b[cid]), np.asarray(a), rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(np.asarray(c[cid]), np.asarray(a), rtol=1e-5, atol=1e-6)
 

@@ -140,7 +140,7 @@ def test_greedy_matches_reference(measure):
   assert sizes[expected[-1]].sum() < 160
   got = _group(reps, sizes, measure=measure, max_clients=6, min_examples=160)
   assert len(got) == len(expected) - 1
-  for g, e in zip(got, expected):
+  for g, e in zip(got, expected[:-1], strict=True):  # the reference's last group was spread
     assert g[:len(e)] == e and set(g[len(e):]) <= set(expected[-1])
   _check_cover(got, 40)
 

@@ -3,21 +3,16 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from configs import paper
 from fedjax_seq.training.experiment import ALGORITHMS
-from test_efficiency import MLP_MACS, train_flops
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import MLP_MACS, ROOT, python, train_flops
 
 
 def run(*args, timeout=300):
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
+  return python(*args, timeout=timeout)
 
 
 def one_error_line(proc) -> str:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from helpers import assert_trees_close
 from fedjax_seq.algorithms import rules
 from fedjax_seq.algorithms.fedavg import feddyn, scaffold
 from fedjax_seq.algorithms.fedseq import fedseq, make_superclients
@@ -39,5 +40,4 @@ def test_host_resident_client_state_equals_device_resident(name, strategy):
   (table,) = client_rows(b)  # the declared per-client state
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(table))
   assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(table))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(a, b, rtol=1e-6, atol=1e-7)

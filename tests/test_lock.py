@@ -8,30 +8,25 @@ import sys
 
 import pytest
 
-import reference as ref
-from configs import default
-from fedjax_seq.errors import UserError
-from fedjax_seq.training.checkpoint import LOCK_FILE, WorkdirLock
+import helpers
+from helpers import Command, tiny_config, tiny_flags
+from fedjax_seq.errors import InputError
+from fedjax_seq.training.workdir import LOCK_FILE, WorkdirLock
 from fedjax_seq.training.train import train_and_evaluate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = {"data.name": "synthetic", "data.synthetic.train_size": 400,
-         "data.synthetic.test_size": 200, "data.num_clients": 10, "model.name": "mlp",
-         "rounds": 2, "eval_every": 1}
+SMALL = {"rounds": 2, "eval_every": 1}  # on the tiny run (tests/helpers.py)
 # A process that takes the lock, says so, and holds it until killed or its stdin closes.
-HOLDER = ("import sys; from fedjax_seq.training.checkpoint import WorkdirLock; "
+HOLDER = ("import sys; from fedjax_seq.training.workdir import WorkdirLock; "
           "lock = WorkdirLock(sys.argv[1]); print('locked', flush=True); sys.stdin.read()")
 
 
 def config(**overrides):
-  return ref.override(default.get_config(), {**SMALL, **overrides})
+  return tiny_config(**{**SMALL, **overrides})
 
 
 def main_py(workdir, *extra):
-  args = [f"--config.{k}={v}" for k, v in SMALL.items()]
-  return subprocess.run([sys.executable, "main.py", "--config=configs/fedavg.py",
-                         f"--workdir={workdir}", *args, *extra],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return helpers.main_py("--config=configs/fedavg.py", f"--workdir={workdir}",
+                         *tiny_flags(**SMALL), *extra)
 
 
 def snapshot(workdir) -> dict[str, bytes]:
@@ -63,7 +58,7 @@ def test_a_second_run_is_refused_and_writes_nothing(tmp_path):
 def test_in_process_refusal_names_the_holder_and_leaves_a_new_workdir_alone(tmp_path):
   workdir = tmp_path / "new"
   with WorkdirLock(str(workdir)):
-    with pytest.raises(UserError, match=f"workdir {workdir} is in use by pid {os.getpid()} "):
+    with pytest.raises(InputError, match=f"workdir {workdir} is in use by pid {os.getpid()} "):
       train_and_evaluate(config(), str(workdir))
     assert os.listdir(workdir) == [LOCK_FILE]
   # The holder created the workdir and nothing else was written: releasing removes it.
@@ -72,17 +67,15 @@ def test_in_process_refusal_names_the_holder_and_leaves_a_new_workdir_alone(tmp_
 
 def test_a_killed_holder_leaves_the_workdir_free(tmp_path):
   workdir = tmp_path / "run"
-  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline() == "locked\n"
+  with Command([sys.executable, "-c", HOLDER, str(workdir)], read="stdout",
+               stdin=subprocess.PIPE) as holder:
+    assert holder.wait_for_line("", timeout=120) == "locked\n"  # its first line
     refused = main_py(workdir)
     assert refused.returncode == 1
     assert f"is in use by pid {holder.pid} on host {socket.gethostname()}" in refused.stderr
     assert sorted(os.listdir(workdir)) == [LOCK_FILE]
-  finally:
     holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder.finish(timeout=60)
   assert holder.returncode == -signal.SIGKILL
   done = main_py(workdir)  # at once: the kernel dropped the lock with its process
   assert done.returncode == 0, done.stderr
@@ -93,7 +86,7 @@ def test_compare_with_locks_each_sub_workdir_without_deadlock(tmp_path):
   workdir = tmp_path / "run"
   c = config(compare_with="fairavg")
   with WorkdirLock(str(workdir / "fairavg")):
-    with pytest.raises(UserError, match=f"workdir {workdir / 'fairavg'} is in use"):
+    with pytest.raises(InputError, match=f"workdir {workdir / 'fairavg'} is in use"):
       train_and_evaluate(c, str(workdir))
   train_and_evaluate(c, str(workdir))  # the parent holds its lock while the sub-run takes its own
   for d in (workdir, workdir / "fairavg"):

@@ -13,20 +13,21 @@ def test_lenet_im2col_equals_lax_conv(shape, fc1_in):
   x = jax.random.normal(jax.random.key(0), shape)
   y = jax.random.randint(jax.random.key(1), (shape[0],), 0, 10)
   a, b = get_model("lenet", 10, conv_impl="xla"), get_model("lenet", 10, conv_impl="im2col")
-  params = a.init(jax.random.key(2), x)
+  # Jitted: one program each instead of an op-by-op compile of every layer (same formulas).
+  params = jax.jit(a.init)(jax.random.key(2), x)
   assert params["params"]["fc1"]["kernel"].shape == (fc1_in, 384)
-  np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), atol=1e-5)
+  np.testing.assert_allclose(jax.jit(a.apply)(params, x), jax.jit(b.apply)(params, x), atol=1e-5)
 
   def loss(m):
     return lambda p: jnp.mean(jax.nn.log_softmax(m.apply(p, x))[jnp.arange(shape[0]), y])
 
-  ga, gb = jax.grad(loss(a))(params), jax.grad(loss(b))(params)
-  for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+  ga, gb = jax.jit(jax.grad(loss(a)))(params), jax.jit(jax.grad(loss(b)))(params)
+  for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
     np.testing.assert_allclose(u, v, atol=1e-5)
 
 
 def test_lenet_parameter_count_and_torch_init():
-  params = get_model("lenet", 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  params = jax.jit(get_model("lenet", 10).init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   assert sum(p.size for p in jax.tree.leaves(params)) == 797962  # as the original's LeNet
   k = np.asarray(params["params"]["fc1"]["kernel"])
   bound = 1 / np.sqrt(1600)
@@ -48,7 +49,7 @@ def test_jitted_init_is_the_eager_init_bit_for_bit(name, shape):
     model = get_model(name, 10)
     eager, jitted = model.init(key, images[:1].astype(np.float32)), initialize(model, key, images)
     assert jax.tree.structure(eager) == jax.tree.structure(jitted)
-    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
       assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 

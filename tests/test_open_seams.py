@@ -1,6 +1,6 @@
 """Bring your own model, data and grouping: the registries, the readers end to end, the rules.
 
-The README's "Bring your own model and data" and "Adding a grouping" blocks
+The docs' "Bring your own model and data" and "Adding a grouping" examples
 are configs/examples/own_model_and_data.py and configs/examples/top_class_grouping.py,
 verbatim; here they run through Python, main.py and the study. Every
 incompatible combination is refused by the config's validation, before any
@@ -12,8 +12,6 @@ import gzip
 import json
 import os
 import runpy
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -22,8 +20,9 @@ import numpy as np
 import pytest
 
 import fedjax_seq
+import helpers
 from fedjax_seq import registry
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 from fedjax_seq.models import uses_lax_conv
 from fedjax_seq.training import experiment
 
@@ -46,23 +45,24 @@ def restore_registries():
 
 
 def run(args, timeout=300):
-  """A command from the repository root; (returncode, stdout, stderr)."""
-  proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
+  """A Python command from the repository root; (returncode, stdout, stderr)."""
+  proc = helpers.python(*args, timeout=timeout)
   return proc.returncode, proc.stdout, proc.stderr
 
 
-def readme_block(section: str) -> str:
-  with open(os.path.join(ROOT, "README.md")) as f:
+def docs_included_file(section: str) -> str:
+  """The file a section of docs/bring_your_own.md includes whole (a MyST literalinclude)."""
+  with open(os.path.join(ROOT, "docs", "bring_your_own.md")) as f:
     text = f.read().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-  return text.split("```python\n", 1)[1].split("```", 1)[0]
+  target, *options = text.split("```{literalinclude} ", 1)[1].split("```", 1)[0].splitlines()
+  assert options == [":language: python"], options  # no :lines: or :start-after:: the whole file
+  return os.path.normpath(os.path.join(ROOT, "docs", target))
 
 
 @pytest.mark.parametrize("section,path", [("Bring your own model and data", OWN),
                                           ("Adding a grouping", TOP_CLASS)])
-def test_readme_shows_the_examples_verbatim(section, path):
-  with open(path) as f:
-    assert readme_block(section) == f.read()
+def test_docs_show_the_examples_verbatim(section, path):
+  assert docs_included_file(section) == path
 
 
 # ------------------------------------------------------------------------ the examples
@@ -159,7 +159,8 @@ def test_fedavg_on_leaf_users(tmp_path):
     chunks = np.array_split(np.arange(len(labels)), users)
     data = {"users": names, "num_samples": [len(c) for c in chunks],
             "user_data": {n: {"x": (images[c].reshape(len(c), -1) / 255).tolist(),
-                              "y": labels[c].tolist()} for n, c in zip(names, chunks)}}
+                              "y": labels[c].tolist()}
+                          for n, c in zip(names, chunks, strict=True)}}
     (tmp_path / split / f"all_data_0_niid_0_keep_0_{split}_9.json").write_text(json.dumps(data))
   workdir = tmp_path / "run"
   code, _, err = run(["main.py", "--config=configs/fedavg.py", f"--workdir={workdir}",
@@ -167,7 +168,7 @@ def test_fedavg_on_leaf_users(tmp_path):
                       "--config.data.exemplars_per_class=1", "--config.client.fraction=0.5",
                       "--config.client.lr=0.05", "--config.rounds=4", "--config.eval_every=4"])
   assert code == 0, err
-  assert f"(natural partition: 12 clients)" in err
+  assert "(natural partition: 12 clients)" in err
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["test_accuracy"] > 0.3, records[-1]
 
@@ -243,7 +244,7 @@ RULES = {
 @pytest.mark.parametrize("rule", list(RULES))
 def test_incompatible_settings_are_refused_before_loading(rule, no_classifier_model):
   fields, message = RULES[rule]
-  with pytest.raises(UserError) as e:
+  with pytest.raises(InputError) as e:
     experiment.build(_fedseq(**fields))
   assert message in str(e.value)
 
@@ -268,7 +269,7 @@ def test_main_refuses_the_issue_example_before_reading_data(tmp_path):
 
 def test_a_module_passed_to_build_has_no_classifier(tmp_path):
   config = _fedseq(fedseq__measure="cosine", fedseq__representation="classifier_last")
-  with pytest.raises(UserError, match="model \\(the model passed to build\\) declares none"):
+  with pytest.raises(InputError, match="model \\(the model passed to build\\) declares none"):
     fedjax_seq.build(config, model=PlainCNN())
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from fedjax_seq.data.partition import hold_out_exemplars
 from fedjax_seq.data.partition import partition
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 
 # CIFAR-10-like training labels: 5000 per class, shuffled.
 LABELS = np.random.default_rng(0).permutation(np.arange(50000) % 10)
@@ -90,8 +90,8 @@ def test_dirichlet_deterministic():
   a = partition(LABELS, 50, 10, alpha=0.3, max_iter=3, rng=_rng(7))
   b = partition(LABELS, 50, 10, alpha=0.3, max_iter=3, rng=_rng(7))
   c = partition(LABELS, 50, 10, alpha=0.3, max_iter=3, rng=_rng(8))
-  assert all(np.array_equal(x, y) for x, y in zip(a, b))
-  assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+  assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+  assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_iid():
@@ -131,7 +131,7 @@ def test_hold_out_exemplars():
                                 np.arange(10000))
   kept2, ex2 = hold_out_exemplars(labels, 10, 10, _rng(1))
   assert not np.array_equal(ex, ex2)
-  with pytest.raises(UserError, match="class 3"):
+  with pytest.raises(InputError, match="class 3"):
     hold_out_exemplars(np.array([0, 1, 2] * 5), 4, 1, _rng())
 
 
@@ -142,10 +142,10 @@ def test_hold_out_exemplars():
     (dict(num_clients=2, alpha=0.5, max_iter=0), "max_iter"),
 ])
 def test_errors(kwargs, match):
-  with pytest.raises(UserError, match=match):
+  with pytest.raises(InputError, match=match):
     partition(np.arange(10) % 2, num_classes=2, rng=_rng(), **kwargs)
 
 
 def test_label_out_of_range():
-  with pytest.raises(UserError, match="labels"):
+  with pytest.raises(InputError, match="labels"):
     partition(np.array([0, 1, 5]), 2, 3, alpha=0.5, rng=_rng())

@@ -15,13 +15,14 @@ import pytest
 
 import reference as ref
 from configs import default, paper
+from helpers import assert_trees_equal
 from fedjax_seq.algorithms.centralized import centralized, cosine_factor
 from fedjax_seq.algorithms import rules
 from fedjax_seq.algorithms.fedavg import fedavg, fedprox
 from fedjax_seq.algorithms.fedseq import make_superclients, pass_order
 from fedjax_seq.algorithms.fedseq_inter import fedseq_inter
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 from fedjax_seq.superclients import grouping
 from fedjax_seq.training import experiment
 
@@ -77,8 +78,8 @@ def test_fedprox_matches_the_original_pgd_optimizer(momentum):
                 ref.batches(data, c, jax.random.fold_in(k_train, c), EPOCHS, 2),
                 0.3, momentum, WD, mu) for c in ids]
   weights = np.array([SIZES[c] for c in ids], float) / sum(SIZES[c] for c in ids)
-  close(state.params, sum(a * m[0] for a, m in zip(weights, models)),
-        sum(a * m[1] for a, m in zip(weights, models)))
+  close(state.params, sum(a * m[0] for a, m in zip(weights, models, strict=True)),
+        sum(a * m[1] for a, m in zip(weights, models, strict=True)))
 
 
 def test_prox_term_stays_in_the_momentum_buffer():
@@ -158,7 +159,7 @@ def reference_inter(data, images, labels, rule, rounds, keys, period, variant):
       server = tuple(total[i] / n - h[i] / a for i in range(2))
     else:
       wn = weights / weights.sum()
-      server = tuple(sum(wk * o[i] for wk, o in zip(wn, outs)) for i in range(2))
+      server = tuple(sum(wk * o[i] for wk, o in zip(wn, outs, strict=True)) for i in range(2))
   return server, bank, g
 
 
@@ -208,8 +209,7 @@ def test_inter_original_differs_from_paper_only_before_the_first_reset():
   for r in range(2):
     sa, _ = round_a(sa, data, keys[r])
     sb, _ = round_b(sb, data, keys[r])
-  for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(sa.params, sb.params)
 
 
 def test_inter_original_resumes_exactly(tmp_path):
@@ -221,8 +221,7 @@ def test_inter_original_resumes_exactly(tmp_path):
   keys = [jax.random.key(60 + r) for r in range(4)]
   full, part = ref.resumed_and_uninterrupted(alg, make_round(alg, "loop"), data, keys,
                                              str(tmp_path))
-  for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(part)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(full, part)
 
 
 # --- member dropout -----------------------------------------------------------------
@@ -285,8 +284,7 @@ def test_centralized_cosine_learning_rate():
   plain = fedavg(tr, 1, 1.0)
   a, _ = make_round(plain, "loop")(plain.init(ref.init_params()), data, jax.random.key(0))
   c, _ = make_round(alg, "loop")(alg.init(ref.init_params()), data, jax.random.key(0))
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a.params, c.params)
 
 
 # --- refusals and presets -------------------------------------------------------------
@@ -295,7 +293,7 @@ def test_scaffold_refuses_momentum():
   c = default.get_config()
   c.algorithm.name = "scaffold"
   c.client.momentum = 0.9
-  with pytest.raises(UserError, match="SCAFFOLD takes no momentum"):
+  with pytest.raises(InputError, match="SCAFFOLD takes no momentum"):
     experiment.validate(c)
   c.client.momentum = 0.0
   experiment.validate(c)
@@ -320,9 +318,9 @@ def test_paper_presets_reproduce_the_published_code():
   es = paper.get_config("fedseq,cifar100,es4")
   assert (es.fedseq.sequential_rounds, es.rounds) == (4, 5000)
   assert paper.get_config("fedseq_prox,cifar10,es2,described").rounds == 5000
-  with pytest.raises(UserError, match="FedSeq family only"):
+  with pytest.raises(InputError, match="FedSeq family only"):
     paper.get_config("fedavg,cifar10,es2")
-  with pytest.raises(UserError, match="unknown option 'es3'"):
+  with pytest.raises(InputError, match="unknown option 'es3'"):
     paper.get_config("fedseq,cifar10,es3")
   for algorithm in paper.algorithms():
     experiment.validate(paper.get_config(f"{algorithm},cifar10"))
@@ -380,12 +378,12 @@ def test_superclients_from_a_file(tmp_path):
   members = np.asarray(exp.algorithm.clients_of(jnp.arange(3)))
   assert [sorted(int(c) for c in row if c < 12) for row in members] == [sorted(g) for g in groups]
   path.write_text(json.dumps({"superclients": [{"clients": [0, 1]}, {"clients": [1, 2]}]}))
-  with pytest.raises(UserError, match="do not cover this run's 12 clients exactly once"):
+  with pytest.raises(InputError, match="do not cover this run's 12 clients exactly once"):
     experiment.build(small_fedseq_config(superclients_from=str(path)))
-  with pytest.raises(UserError, match="does not exist"):
+  with pytest.raises(InputError, match="does not exist"):
     experiment.build(small_fedseq_config(superclients_from=str(tmp_path / "missing.json")))
   path.write_text("{not json")
-  with pytest.raises(UserError, match="is not a superclients file"):
+  with pytest.raises(InputError, match="is not a superclients file"):
     experiment.build(small_fedseq_config(superclients_from=str(path)))
 
 

@@ -3,8 +3,6 @@
 import io
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
@@ -12,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fedjax_seq.data import readers
+from helpers import python
 
 
 @pytest.mark.parametrize("first", ["sources", "readers"])
@@ -20,7 +19,8 @@ def test_imports_in_either_order(first):
   code = (f"import fedjax_seq.data.{first}\n"
           "from fedjax_seq.data import readers, sources\n"
           "assert readers.sources is sources and callable(sources._materialise)")
-  subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+  proc = python("-c", code, timeout=60)
+  assert proc.returncode == 0, proc.stderr
 
 
 # ------------------------------------------------------------------------------------ npz

@@ -10,40 +10,18 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import pytest
 
 from configs import paper
 from fedjax_seq import plot, results
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
+from helpers import (ROOT, assert_one_error_line, fake_config, main_py, python, record,
+                     run_module, tiny_flags, write_run)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TINY = ("--config.data.name=synthetic", "--config.model.name=mlp",
-        "--config.data.synthetic.train_size=600", "--config.data.synthetic.test_size=200",
-        "--config.data.num_clients=20", "--config.rounds=2", "--config.eval_every=1")
-
-
-def write_run(path, config, records, superclients=None):
-  path.mkdir(parents=True)
-  (path / "config.json").write_text(json.dumps(config))
-  (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  if superclients is not None:
-    (path / "superclients.json").write_text(json.dumps(superclients))
-  return path
-
-
-def fake_config(algorithm, alpha, seed, rounds=300, dataset="cifar10"):
-  return {"algorithm": {"name": algorithm}, "data": {"name": dataset, "alpha": alpha,
-                                                     "iid": False},
-          "rounds": rounds, "seed": seed}
-
-
-def record(r, accuracy, elapsed):
-  return {"round": r, "test_accuracy": accuracy, "test_loss": 1.0, "train_loss": 1.0,
-          "elapsed_s": elapsed}
+TINY = tiny_flags(rounds=2, eval_every=1)  # the tiny run (tests/helpers.py), 2 rounds
 
 
 SUPERCLIENTS = {
@@ -128,7 +106,7 @@ def test_iid_runs_are_labelled_iid(tmp_path):
 def test_load_run_names_the_missing_or_corrupt_path(tmp_path, damage, message):
   run_dir = tmp_path / "broken"
   damage(run_dir)
-  with pytest.raises(UserError, match=message) as e:
+  with pytest.raises(InputError, match=message) as e:
     results.load_run(str(run_dir))
   assert str(run_dir) in str(e.value) and "\n" not in str(e.value)
 
@@ -153,19 +131,6 @@ def test_labels_add_what_tells_colliding_groups_apart(tmp_path):
       "fedavg (alpha=0.2, cifar100)", "fedavg (alpha=0.2, cifar10)",
       "fairavg (alpha=0, x)", "fairavg (alpha=0, y)",
       "fedprox (alpha=0, client.lr=0.1)", "fedprox (alpha=0, client.lr=0.05, 2 seeds)"]
-
-
-def run_module(module, *args, env=None, timeout=120):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout, env=env)
-
-
-def assert_one_error_line(proc, fragment=""):
-  assert proc.returncode != 0, proc.stdout + proc.stderr
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-  assert fragment in lines[0], proc.stderr
-  assert "Traceback" not in proc.stderr
 
 
 def assert_png_with_content(path):
@@ -248,7 +213,7 @@ def test_plot_bad_input_is_one_line_and_writes_nothing(tmp_path, two_runs, capsy
 def test_plot_without_matplotlib_says_how_to_install(tmp_path, two_runs):
   code = ("import sys; sys.modules['matplotlib'] = None; from fedjax_seq import plot; "
           f"sys.exit(plot.main([{str(two_runs[0])!r}, '--out', {str(tmp_path / 'c.png')!r}]))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  proc = python("-c", code, timeout=120)
   assert_one_error_line(proc, 'pip install -e ".[plot]"')
   assert not (tmp_path / "c.png").exists()
 
@@ -306,7 +271,7 @@ def test_sweep_skips_finished_runs_unfinished_and_writes_summary(tmp_path):
   assert (done / "metrics.jsonl").read_text() == before
   ran = results.load_run(str(workdir / "seed=1"))
   assert [r["round"] for r in ran["records"]] == [1, 2] and ran["config"]["seed"] == 1
-  assert ran["config"]["data"]["synthetic"]["train_size"] == 600
+  assert ran["config"]["data"]["synthetic"]["train_size"] == 800  # from the sweep's flags
   csv_lines = (workdir / "summary_runs.csv").read_text().splitlines()
   assert csv_lines[0] == ("run,algorithm,dataset,alpha,seed,rounds,rounds_done,final_accuracy,"
                           "best_accuracy,rounds_to_0.55,rounds_to_0.99,formation_s,"
@@ -328,7 +293,8 @@ def test_sweep_reports_a_failing_point_and_goes_on(tmp_path):
   (workdir / "lr=0.1" / "config.json").write_text(json.dumps({"seed": 7}))
   finished_point(workdir, "lr=0.05", 0)
   proc = run_module("fedjax_seq.sweep", "--config=configs/fedavg.py",
-                    "--sweep=config.client.lr=0.1,0.05", f"--workdir={workdir}", *TINY)
+                    "--sweep=config.client.lr=0.1,0.05", f"--workdir={workdir}",
+                    *tiny_flags(rounds=2, eval_every=1, omit=("client.lr",)))
   assert proc.returncode != 0
   assert "[1/2] lr=0.1: FAILED with exit status 1; going on" in proc.stdout
   assert "[2/2] lr=0.05: finished (2 rounds); skipped" in proc.stdout
@@ -415,13 +381,12 @@ def test_paper_lists_every_experiment_file():
     ("fedsgd,cifar10", "unknown algorithm 'fedsgd'"), ("fedseq,imagenet", "unknown dataset"),
     ("fedseq", "needs a preset"), ("", "needs a preset")])
 def test_paper_rejects_unknown_presets(preset, message):
-  with pytest.raises(UserError, match=message):
+  with pytest.raises(InputError, match=message):
     paper.get_config(preset)
 
 
 def test_main_reports_an_unknown_preset_in_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "main.py", "--config=configs/paper.py:fedsgd,cifar10",
-                         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=60)
+  proc = main_py("--config=configs/paper.py:fedsgd,cifar10", f"--workdir={tmp_path / 'run'}",
+                 timeout=60)
   assert_one_error_line(proc, "unknown algorithm 'fedsgd'")
   assert not (tmp_path / "run").exists()

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from fedjax_seq import plot, results
-from fedjax_seq.errors import UserError
-from test_results_plot_sweep import fake_config, record, write_run
+from fedjax_seq.errors import InputError
+from helpers import fake_config, record, write_run
 
 T2 = stats.t.ppf(0.975, 2)  # 4.3027: two-sided 95%, 3 seeds
 T1 = stats.t.ppf(0.975, 1)  # 12.706: 2 seeds
@@ -156,7 +156,7 @@ def test_plot_refuses_metrics_whose_rounds_go_back(tmp_path, capsys):
   assert lines[0].startswith(f"error: {run / 'metrics.jsonl'} line 3: round 1 does not come "
                              "after round 2 (line 2)")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
-  with pytest.raises(UserError, match="two runs probably wrote to this workdir"):
+  with pytest.raises(InputError, match="two runs probably wrote to this workdir"):
     results.load_run(str(run))
 
 

@@ -1,5 +1,6 @@
 """Runs that last: exact resume, SIGKILL, Ctrl-C, refusals, divergence, run.json, TensorBoard."""
 
+import dataclasses
 import glob
 import io
 import json
@@ -9,33 +10,23 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-import reference as ref
-
-from configs import default
-from fedjax_seq.errors import UserError
+from helpers import (Command, assert_trees_equal, main_py, run, tiny_config, tiny_flags,
+                     wait_until)
+from fedjax_seq.errors import InputError
 from fedjax_seq.training import experiment as experiment_lib
 from fedjax_seq.training.checkpoint import Checkpointer
 from fedjax_seq.training.train import train_and_evaluate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = {"data.name": "synthetic", "data.synthetic.train_size": 800,
-         "data.synthetic.test_size": 200, "data.num_clients": 20, "model.name": "mlp",
-         "client.fraction": 0.25, "client.lr": 0.05, "fedseq.evaluator_model": "mlp",
-         "fedseq.pretrain_epochs": 1, "fedseq.min_examples": 100, "fedseq.max_clients": 4}
 
 
 def config(algorithm="fedavg", **overrides):
-  c = default.get_config()
-  c.algorithm.name = algorithm
-  return ref.override(c, {**SMALL, **overrides})
+  return tiny_config(algorithm, **overrides)
 
 
 TIMING = ("elapsed_s", "s_per_round", "device_peak_bytes")
@@ -46,26 +37,19 @@ def without_time(records):
 
 
 def main_args(workdir, *extra):
-  return [sys.executable, "main.py", "--config=configs/fedavg.py", f"--workdir={workdir}",
-          *(f"--config.{k}={v}" for k, v in SMALL.items()), *extra]
+  return ["--config=configs/fedavg.py", f"--workdir={workdir}", *tiny_flags(), *extra]
 
 
 def start_and_wait_for(args, line_prefix):
-  """Starts main.py and returns once it has printed a line starting with `line_prefix`.
+  """Starts main.py and returns (the command, its stderr lines) once it has printed a line
+  starting with `line_prefix` (within helpers.DEADLINE, or the command is killed).
 
-  No deadline races: the runs started here have far more rounds than any
-  test waits for, so they are still running when the line arrives.
+  The runs started here have far more rounds than any test waits for, so
+  they are still running when the line arrives. The caller kills it (`with`).
   """
-  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-  seen = []
-  for line in proc.stderr:
-    seen.append(line)
-    if line.startswith(line_prefix):
-      return proc, seen
-  proc.wait()
-  raise AssertionError(f"main.py exited ({proc.returncode}) before printing {line_prefix!r}: "
-                       + "".join(seen))
+  cmd = Command([sys.executable, "main.py", *args])
+  cmd.wait_for_line(line_prefix)
+  return cmd, cmd.lines
 
 
 def checkpoint_rounds(workdir) -> list[int]:
@@ -95,8 +79,7 @@ def interrupt_at(monkeypatch, stop_round):
         raise KeyboardInterrupt
       return inner(state, data, key)
 
-    exp.round_fn = round_fn
-    return exp
+    return dataclasses.replace(exp, round_fn=round_fn)  # an Experiment is frozen
 
   exp_seed = [0]
   monkeypatch.setattr(experiment_lib, "build", build)
@@ -119,9 +102,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, alg
   assert without_time(a) == without_time(b)
   on_disk = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
   assert without_time(on_disk) == without_time(a)
-  for x, y in zip(jax.tree.leaves(final_state(tmp_path / "a", full)),
-                  jax.tree.leaves(final_state(tmp_path / "b", full))):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(final_state(tmp_path / "a", full), final_state(tmp_path / "b", full))
   if algorithm.startswith("fedseq"):
     sa, sb = (json.loads((tmp_path / d / "superclients.json").read_text()) for d in "ab")
     sa.pop("formation_s"), sb.pop("formation_s")
@@ -140,35 +121,54 @@ def test_sigkill_mid_run_then_resume(tmp_path):
   workdir = tmp_path / "run"
   # 100,000 rounds: the run cannot finish before it is killed.
   args = main_args(workdir, "--config.eval_every=3", "--config.checkpoint_every=1")
-  proc, _ = start_and_wait_for(args + ["--config.rounds=100000"], "round 9/100000")
-  while 9 not in checkpoint_rounds(workdir):  # round 9's checkpoint is committed (async write)
-    assert proc.poll() is None, "the run stopped by itself"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  # Rerun (rounds may change on resume): it continues from round 9 or later, and
-  # its metrics equal an uninterrupted 15-round run's.
-  done = subprocess.run(args + ["--config.rounds=15"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  with start_and_wait_for(args + ["--config.rounds=100000"], "round 9/100000")[0] as proc:
+    # A checkpoint of round 9 or later is committed (the write is asynchronous). Not "9 is
+    # there": rounds 10-12 may commit between two looks, and only 3 are kept.
+    def committed():
+      assert proc.returncode is None, "the run stopped by itself"
+      return max(checkpoint_rounds(workdir), default=0) >= 9
+
+    wait_until(committed, timeout=120, what="a checkpoint of round 9 or later")
+    proc.send_signal(signal.SIGKILL)
+    proc.finish(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+  # Rerun (rounds may change on resume): it continues from round 9 or later, and its
+  # metrics equal an uninterrupted run's, of 15 rounds or, had the killed run passed
+  # round 12, of 6 rounds more than it reached.
+  rounds = max(15, 3 * (max(checkpoint_rounds(workdir)) // 3) + 6)
+  done = main_py(*args, f"--config.rounds={rounds}")
   assert done.returncode == 0, done.stderr
   resumed_after = int(re.search(r"resuming after round (\d+)", done.stderr).group(1))
   assert resumed_after >= 9
   resumed = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  reference = train_and_evaluate(config(rounds=15, eval_every=3, checkpoint_every=1),
+  reference = train_and_evaluate(config(rounds=rounds, eval_every=3, checkpoint_every=1),
                                  str(tmp_path / "ref"))
-  assert [r["round"] for r in reference] == [3, 6, 9, 12, 15]
+  assert [r["round"] for r in reference] == list(range(3, rounds + 1, 3))
   assert without_time(resumed) == without_time(reference)
 
 
-def test_ctrl_c_says_where_the_run_stands_and_the_rerun_resumes(tmp_path):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def ctrl_c_run(tmp_path_factory):
+  """main.py stopped by Ctrl-C after round 4 or later, then the same command rerun to two
+  rounds past its last checkpoint; what the tests below read of the two (one pair of
+  main.py runs for both: mark them xdist_group("ctrl_c_run"))."""
+  workdir = tmp_path_factory.mktemp("ctrl_c") / "run"
   args = main_args(workdir, "--config.eval_every=2", "--config.checkpoint_every=2")
-  proc, _ = start_and_wait_for(args + ["--config.rounds=100000"], "round 4/100000")
-  proc.send_signal(signal.SIGINT)
-  rest = proc.stderr.read()
-  proc.wait()
-  assert proc.returncode == 130, rest
+  with start_and_wait_for(args + ["--config.rounds=100000"], "round 4/100000")[0] as proc:
+    proc.send_signal(signal.SIGINT)
+    rest = proc.finish(timeout=120)
+  out = {"workdir": workdir, "args": args, "returncode": proc.returncode, "rest": rest,
+         "stderr": "".join(proc.lines), "checkpoints": checkpoint_rounds(workdir), "rerun": None}
+  m = re.search(r"last checkpoint at round (\d+)", rest)
+  if proc.returncode == 130 and m:
+    out["rerun"] = main_py(*args, f"--config.rounds={int(m.group(1)) + 2}")
+  return out
+
+
+@pytest.mark.xdist_group("ctrl_c_run")
+def test_ctrl_c_says_where_the_run_stands_and_the_rerun_resumes(ctrl_c_run):
+  workdir, rest = ctrl_c_run["workdir"], ctrl_c_run["rest"]
+  assert ctrl_c_run["returncode"] == 130, rest
   assert "Traceback" not in rest
   lines = [l for l in rest.splitlines() if l.strip()]
   m = re.fullmatch(r"interrupted after round (\d+); last checkpoint at round (\d+); "
@@ -177,9 +177,8 @@ def test_ctrl_c_says_where_the_run_stands_and_the_rerun_resumes(tmp_path):
   stopped, checkpoint = int(m.group(1)), int(m.group(2))
   # The loop stops after the round in progress; every second round was checkpointed.
   assert stopped >= 4 and checkpoint == stopped - stopped % 2
-  assert checkpoint_rounds(workdir)[-1] == checkpoint
-  done = subprocess.run(args + [f"--config.rounds={checkpoint + 2}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  assert ctrl_c_run["checkpoints"][-1] == checkpoint
+  done = ctrl_c_run["rerun"]
   assert done.returncode == 0, done.stderr
   assert f"resuming after round {checkpoint}" in done.stderr
   # The lock died with the interrupted process, and the rerun released its own.
@@ -187,21 +186,20 @@ def test_ctrl_c_says_where_the_run_stands_and_the_rerun_resumes(tmp_path):
   assert rounds == list(range(2, checkpoint + 3, 2))
 
 
-def test_run_json_records_every_start(tmp_path):
-  workdir = tmp_path / "run"
-  proc = subprocess.run(main_args(workdir, "--config.rounds=2", "--config.eval_every=1"),
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr
+@pytest.mark.xdist_group("ctrl_c_run")
+def test_run_json_records_every_start(ctrl_c_run):
+  """The interrupted run and its rerun: two starts, the second after its checkpoint."""
+  workdir = ctrl_c_run["workdir"]
+  checkpoint = ctrl_c_run["checkpoints"][-1]
+  assert ctrl_c_run["rerun"] is not None and ctrl_c_run["rerun"].returncode == 0
   # fraction 0.25 of 20 clients
-  assert "strategy loop, 5 clients per round" in proc.stderr
-  again = subprocess.run(main_args(workdir, "--config.rounds=3", "--config.eval_every=1"),
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0, again.stderr
+  assert "strategy loop, 5 clients per round" in ctrl_c_run["stderr"]
   starts = json.loads((workdir / "run.json").read_text())
-  assert [s["resumed_after_round"] for s in starts] == [0, 2]
+  assert [s["resumed_after_round"] for s in starts] == [0, checkpoint]
   first = starts[0]
   assert first["command"][0] == "main.py" and f"--workdir={workdir}" in first["command"]
-  assert "--config.rounds=2" in first["command"] and "--config.rounds=3" in starts[1]["command"]
+  assert "--config.rounds=100000" in first["command"]
+  assert f"--config.rounds={checkpoint + 2}" in starts[1]["command"]
   assert (first["strategy"], first["conv_impl"], first["unroll"]) == ("loop", None, 1)
   assert (first["participants"], first["participants_per_round"]) == ("clients", 5)
   assert first["mesh_devices"] == 1
@@ -212,12 +210,12 @@ def test_run_json_records_every_start(tmp_path):
                                "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                                "optax": optax.__version__}
   # A commit of this checkout (HEAD may move while the test runs), or None outside git.
-  if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+  if run(["git", "rev-parse", "HEAD"], timeout=60).returncode:
     assert first["git_commit"] is None
   else:
     assert re.fullmatch(r"[0-9a-f]{40}", first["git_commit"])
-    assert subprocess.run(["git", "cat-file", "-e", first["git_commit"] + "^{commit}"],
-                          cwd=ROOT).returncode == 0
+    assert run(["git", "cat-file", "-e", first["git_commit"] + "^{commit}"],
+               timeout=60).returncode == 0
   assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", first["start_time"])
   assert starts[1]["start_time"] >= first["start_time"]
 
@@ -248,7 +246,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
   train_and_evaluate(config(rounds=2, eval_every=1), str(tmp_path / "run"))
   before = sorted(os.listdir(tmp_path / "run"))
   metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
-  with pytest.raises(UserError, match=r"differs in: client.lr, seed\)"):
+  with pytest.raises(InputError, match=r"differs in: client.lr, seed\)"):
     train_and_evaluate(config(rounds=2, eval_every=1, seed=3, **{"client.lr": 0.1}),
                        str(tmp_path / "run"))
   assert sorted(os.listdir(tmp_path / "run")) == before
@@ -260,7 +258,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
   # Foreign: SCAFFOLD's checkpoints under a FedAvg run's workdir.
   os.makedirs(tmp_path / "fedavg")
   shutil.copytree(tmp_path / "scaffold" / "checkpoints", tmp_path / "fedavg" / "checkpoints")
-  with pytest.raises(UserError, match="cannot restore checkpoint"):
+  with pytest.raises(InputError, match="cannot restore checkpoint"):
     train_and_evaluate(config("fedavg", rounds=4, eval_every=1), str(tmp_path / "fedavg"))
   assert not (tmp_path / "fedavg" / "metrics.jsonl").exists()
   # Corrupt: every file of the latest checkpoint overwritten with garbage.
@@ -269,7 +267,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
       with open(path, "wb") as f:
         f.write(b"\x00garbage")
   metrics = (tmp_path / "scaffold" / "metrics.jsonl").read_text()
-  with pytest.raises(UserError, match="cannot restore checkpoint") as e:
+  with pytest.raises(InputError, match="cannot restore checkpoint") as e:
     train_and_evaluate(config("scaffold", rounds=4, eval_every=1), str(tmp_path / "scaffold"))
   assert "\n" not in str(e.value)
   assert (tmp_path / "scaffold" / "metrics.jsonl").read_text() == metrics
@@ -290,11 +288,10 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         state = state._replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
       return state, metrics
 
-    exp.round_fn = round_fn
-    return exp
+    return dataclasses.replace(exp, round_fn=round_fn)  # an Experiment is frozen
 
   monkeypatch.setattr(experiment_lib, "build", build)
-  with pytest.raises(UserError, match=r"diverged at round 4 .*last good checkpoint is kept"):
+  with pytest.raises(InputError, match=r"diverged at round 4 .*last good checkpoint is kept"):
     train_and_evaluate(c, str(tmp_path / "run"))
   monkeypatch.undo()
   ckpt = Checkpointer(str(tmp_path / "run"))
@@ -307,7 +304,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_huge_learning_rate_stops_with_the_divergence_error(tmp_path):
-  with pytest.raises(UserError, match=r"training diverged at round \d+"):
+  with pytest.raises(InputError, match=r"training diverged at round \d+"):
     train_and_evaluate(config(rounds=8, eval_every=1, **{"client.lr": 1e20}),
                        str(tmp_path / "run"))
   for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
@@ -318,20 +315,20 @@ def test_huge_learning_rate_stops_with_the_divergence_error(tmp_path):
     ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
 ])
 def test_bad_checkpoint_settings(tmp_path, overrides, message):
-  with pytest.raises(UserError, match=message):
+  with pytest.raises(InputError, match=message):
     train_and_evaluate(config(**overrides), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
 def test_unwritable_workdir_is_refused(tmp_path):
   (tmp_path / "file").write_text("x")
-  with pytest.raises(UserError, match="not a writable directory"):
+  with pytest.raises(InputError, match="not a writable directory"):
     train_and_evaluate(config(rounds=1), str(tmp_path / "file" / "run"))
 
 
 def test_eta_counts_only_steady_state_rounds():
   """A fake clock: round 1 compiles for 10 s, then 1 s per round, the first evaluation 5 s."""
-  from fedjax_seq.training.train import Progress
+  from fedjax_seq.training.progress import Progress
   clock = [0.0]
   out = io.StringIO()
   progress = Progress(0, 101, out, clock=lambda: clock[0])
@@ -349,7 +346,7 @@ def test_eta_counts_only_steady_state_rounds():
 
 
 def test_device_memory_is_recorded_where_the_backend_reports_it(tmp_path, monkeypatch):
-  from fedjax_seq.training import train as train_lib
+  from fedjax_seq.training import records as records_lib
 
   class Device:
     def __init__(self, stats):
@@ -361,9 +358,9 @@ def test_device_memory_is_recorded_where_the_backend_reports_it(tmp_path, monkey
   for stats, want in (({"peak_bytes_in_use": 123, "bytes_in_use": 5}, 123), ({}, None),
                       (None, None)):
     monkeypatch.setattr(jax, "local_devices", lambda stats=stats: [Device(stats)])
-    assert train_lib._peak_device_bytes() == want
+    assert records_lib.peak_device_bytes() == want
   monkeypatch.undo()
-  monkeypatch.setattr(train_lib, "_peak_device_bytes", lambda: 4096)
+  monkeypatch.setattr(records_lib, "peak_device_bytes", lambda: 4096)
   records = train_and_evaluate(config(rounds=2, eval_every=1), str(tmp_path / "run"))
   assert [r["device_peak_bytes"] for r in records] == [4096, 4096]
   on_disk = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -415,6 +412,6 @@ def test_host_resident_client_state_runs_checkpoints_and_resumes(tmp_path, monke
   monkeypatch.undo()
   resumed = train_and_evaluate(host, str(tmp_path / "h"))
   assert [r["round"] for r in resumed] == [2, 4]
-  for a, b in zip(device, resumed):
+  for a, b in zip(device, resumed, strict=True):
     for k in ("test_accuracy", "test_loss", "train_loss"):
       assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7)

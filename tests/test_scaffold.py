@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from test_engine import assert_leaves_match
+from helpers import assert_leaves_match, assert_trees_close
 from fedjax_seq.algorithms.fedavg import fedavg, scaffold
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids
 
@@ -37,8 +37,8 @@ def numpy_rounds(images, labels, data, keys):
                                   ref.batches(data, cid, jax.random.fold_in(k, 1), EPOCHS, BATCH))
     weights = np.array([SIZES[i] for i in ids], np.float64)
     weights /= weights.sum()
-    w = sum(a * m[0] for a, m in zip(weights, models))
-    b = sum(a * m[1] for a, m in zip(weights, models))
+    w = sum(a * m[0] for a, m in zip(weights, models, strict=True))
+    b = sum(a * m[1] for a, m in zip(weights, models, strict=True))
     c = tuple(c[j] + sum(new_cs[i][j] - cs[i][j] for i in ids) / K for j in range(2))
     for i in ids:
       cs[i] = new_cs[i]
@@ -78,8 +78,7 @@ def test_first_round_equals_fedavg():
   s1, _ = round_fn(alg.init(ref.init_params()), data, jax.random.key(3))
   fa = fedavg(ref.trainer(lr=LR, weight_decay=WD, epochs=EPOCHS, batch_size=BATCH), K, FRACTION)
   s2, _ = make_round(fa, "vmap")(fa.init(ref.init_params()), data, jax.random.key(3))
-  for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert_trees_close(s1.params, s2.params, rtol=1e-6, atol=1e-7)
 
 
 def test_controls_average_over_each_clients_own_batches():
@@ -104,5 +103,4 @@ def test_vmap_equals_loop():
   for r in range(2):
     sv, _ = vmap_round(sv, data, jax.random.key(r))
     sl, _ = loop_round(sl, data, jax.random.key(r))
-  for x, y in zip(jax.tree.leaves(sv), jax.tree.leaves(sl)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  assert_trees_close(sv, sl, rtol=1e-5, atol=1e-6)

@@ -23,8 +23,9 @@ SIZE, BATCH, EPOCHS = 7, 3, 2
 def schedules(num_keys: int, size: int = SIZE, row=ROW, epochs: int = EPOCHS,
               batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
   keys = jax.random.split(jax.random.key(7), num_keys)
-  idx, mask = jax.vmap(lambda k: client_schedule(k, jnp.asarray(row), jnp.int32(size), epochs,
-                                                 batch))(keys)
+  # Jitted: one program instead of an op-by-op compile of every primitive (same values).
+  idx, mask = jax.jit(jax.vmap(lambda k: client_schedule(k, jnp.asarray(row), jnp.int32(size),
+                                                         epochs, batch)))(keys)
   return np.asarray(idx), np.asarray(mask)
 
 

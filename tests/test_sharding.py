@@ -1,8 +1,8 @@
 """Sharded rounds (4 forced host devices, in a subprocess) equal single-device rounds."""
 
 import os
-import subprocess
-import sys
+
+from helpers import python
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -10,8 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_sharded_rounds_equal_single_device_rounds():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_rounds.py")], env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = python(os.path.join(HERE, "sharded_rounds.py"), env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert lines[-1] == "OK" and sum(l.startswith("equal:") for l in lines) == 3, proc.stdout

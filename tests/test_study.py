@@ -4,16 +4,15 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from configs import fedseq as fedseq_config
+from helpers import ROOT, run
 from fedjax_seq import study
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small grid: 13 combinations + 2 oracles, 4 incompatible ones skipped.
 GRID = dict(groupings="random,greedy,kmeans,greedy_mixture", measures="kullback,cosine",
             representations="confidence,classifier_last", pretrain_epochs="1,2")
@@ -194,16 +193,15 @@ def test_command_line(tmp_path):
   """The absl entry point: a run (random only: no pre-training) and a bad flag."""
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
   base = [sys.executable, "-m", "fedjax_seq.study", "--config=configs/fedseq.py", *OVERRIDES]
-  ok = subprocess.run(base + [f"--workdir={tmp_path / 'cli'}", "--groupings=random",
-                              "--random_repeats=3", "--noheatmaps"],
-                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  ok = run(base + [f"--workdir={tmp_path / 'cli'}", "--groupings=random", "--random_repeats=3",
+                   "--noheatmaps"], env=env, timeout=120)
   assert ok.returncode == 0, ok.stderr
   info = json.loads((tmp_path / "cli" / "study.json").read_text())
   assert sorted(r["name"] for r in info["combinations"]) == [
       "oracle", "oracle-greedy-kullback", "random"]
   assert info["settings"]["pretrain_epochs"] == [] and "superclients_from=" in ok.stdout
-  bad = subprocess.run(base + [f"--workdir={tmp_path / 'bad'}", "--measures=kullback,entropy"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  bad = run(base + [f"--workdir={tmp_path / 'bad'}", "--measures=kullback,entropy"], env=env,
+            timeout=120)
   lines = bad.stderr.strip().splitlines()
   assert bad.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), bad.stderr
   assert "entropy" in lines[0] and not (tmp_path / "bad").exists()

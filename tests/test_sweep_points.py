@@ -8,9 +8,10 @@ import math
 import pytest
 from scipy import stats
 
-from test_results_plot_sweep import TINY, assert_one_error_line, fake_config, record, run_module
+from helpers import assert_one_error_line, fake_config, record, run_module, tiny_flags
 
 T2 = stats.t.ppf(0.975, 2)  # two-sided 95%, 3 seeds
+TINY = tiny_flags(rounds=2, eval_every=1)  # the tiny run (tests/helpers.py), 2 rounds
 
 
 @pytest.mark.parametrize("mode", [[], ["--dry_run"], ["--emit=slurm"]])

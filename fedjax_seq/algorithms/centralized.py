@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from fedjax_seq.algorithms.fedavg import ClientOut, fedavg
 from fedjax_seq.core.rounds import Algorithm
+from fedjax_seq.errors import InputError
 
 VARIANTS = ("paper", "original")
 
@@ -33,7 +34,7 @@ def cosine_factor(t: jax.Array, total: int) -> jax.Array:
 def centralized(trainer, *, rounds: int) -> Algorithm:
   """One client (id 0) with every example; cosine learning rate over `rounds` rounds."""
   if rounds < 1:
-    raise ValueError(f"rounds must be >= 1, got {rounds}")
+    raise InputError(f"rounds must be >= 1, got {rounds}", argument="rounds")
 
   def init(params):
     return CentralState(params, jnp.zeros((), jnp.int32))
@@ -58,7 +59,7 @@ def centralized(trainer, *, rounds: int) -> Algorithm:
 def check_variant(variant: str) -> None:
   """Raises ValueError unless variant is one of VARIANTS."""
   if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    raise InputError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", argument="variant")
 
 
 def baseline(trainer, *, rounds: int, variant: str = "paper") -> Algorithm:

@@ -34,6 +34,7 @@ from fedjax_seq.core import server as server_lib
 from fedjax_seq.core.engine import tree_where
 from fedjax_seq.core.rounds import Algorithm, uniform_sampler
 from fedjax_seq.core.state import gather_rows, scatter_rows
+from fedjax_seq.errors import InputError
 
 
 class Superclients(NamedTuple):
@@ -109,12 +110,13 @@ def chain_options(sequential_rounds: int = 1, shuffle: bool = True, dropout: flo
                   dropout_variant: str = "paper") -> ChainOptions:
   """Checked chain options: E_S passes, shuffling, dropout and its variant (see `pass_order`)."""
   if sequential_rounds < 1:
-    raise ValueError(f"sequential_rounds must be >= 1, got {sequential_rounds}")
+    raise InputError(f"sequential_rounds must be >= 1, got {sequential_rounds}",
+                     argument="sequential_rounds")
   if not 0 <= dropout < 1:
-    raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    raise InputError(f"dropout must be in [0, 1), got {dropout}", argument="dropout")
   if dropout_variant not in DROPOUT_VARIANTS:
-    raise ValueError(f"unknown dropout_variant {dropout_variant!r}; valid: "
-                     f"{', '.join(DROPOUT_VARIANTS)}")
+    raise InputError(f"unknown dropout_variant {dropout_variant!r}; valid: "
+                     f"{', '.join(DROPOUT_VARIANTS)}", argument="dropout_variant")
   return ChainOptions(sequential_rounds, shuffle, dropout, dropout_variant)
 
 

@@ -33,6 +33,7 @@ from fedjax_seq.core import server as server_lib
 from fedjax_seq.core.engine import tree_where
 from fedjax_seq.core.rounds import Algorithm, num_sampled, sample_ids
 from fedjax_seq.core.state import ClientRows, gather_rows
+from fedjax_seq.errors import InputError
 
 PERIODS = ("num_superclients", "fraction_superclients", "never")
 VARIANTS = ("paper", "original")
@@ -59,11 +60,11 @@ def check_bank(period: str | int, variant: str) -> None:
   """Raises ValueError for an unknown bank variant or aggregation period (a name of PERIODS,
   or a number of rounds >= 1)."""
   if not isinstance(period, int) and period not in PERIODS:
-    raise ValueError(f"unknown period {period!r}; valid: {', '.join(PERIODS)}")
+    raise InputError(f"unknown period {period!r}; valid: {', '.join(PERIODS)}", argument="period")
   if isinstance(period, int) and period < 1:
-    raise ValueError(f"period must be >= 1 rounds, got {period}")
+    raise InputError(f"period must be >= 1 rounds, got {period}", argument="period")
   if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    raise InputError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", argument="variant")
 
 
 def aggregation_period(name: str | int, num_superclients: int, num_slots: int) -> int:

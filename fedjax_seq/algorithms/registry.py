@@ -4,7 +4,7 @@
 it, `default_config()` makes one section per entry (`config.algorithm.NAME`,
 the entry's hyperparameters with their paper defaults, as big_vision's
 per-model kwargs), `configs/paper.py`, `main.py --help`, the CLI's
-validation, the tests and the README read it. An algorithm is built as
+validation, the tests and the documentation read it. An algorithm is built as
 
   entry.build(setup, **config.algorithm.NAME)
 
@@ -14,7 +14,7 @@ K, C, the server optimizer, FedSeq's superclients and chain options).
 ValueError for a bad value (the CLI names the config field).
 
 Adding an algorithm is one module and one line here (or a `register` call in
-your own module, e.g. from your config file: see the README's "Adding an
+your own module, e.g. from your config file: see docs/algorithms.md, "Adding an
 algorithm"). Importing this module is cheap (no JAX): config files read it.
 """
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from fedjax_seq.core.engine import LocalResult, LocalTrainer, SGD
 from fedjax_seq.core.rounds import weighted_mean
 from fedjax_seq.core.state import ClientRows, stacked_zeros
+from fedjax_seq.errors import InputError
 
 DYN_VARIANTS = ("paper", "original")
 SCAFFOLD_CONTROLS = ("gradient", "difference")
@@ -82,7 +83,8 @@ class ClientRule(NamedTuple):
 def check_local_sgd(rule: ClientRule, sgd: SGD | None) -> None:
   """Raises ValueError when the local optimizer has momentum the rule refuses."""
   if rule.momentum_refusal and sgd is not None and sgd.momentum > 0:
-    raise ValueError(f"{rule.momentum_refusal}; got momentum={sgd.momentum}, use 0")
+    raise InputError(f"{rule.momentum_refusal}; got momentum={sgd.momentum}, use 0",
+                     argument="momentum")
 
 
 def plain() -> ClientRule:
@@ -111,7 +113,7 @@ def prox(mu: float = 0.01) -> ClientRule:
   itself (see core/engine.py); the anchor is the model the client receives.
   """
   if not mu >= 0:
-    raise ValueError(f"mu must be >= 0, got {mu}")
+    raise InputError(f"mu must be >= 0, got {mu}", argument="mu")
   correction = prox_correction(mu)
 
   def train(trainer: LocalTrainer, params, row, server, data, client_id, key) -> ClientUpdate:
@@ -138,9 +140,10 @@ def dyn(alpha: float = 0.1, variant: str = "paper") -> ClientRule:
   proposal = mean_i w_i - h / alpha.
   """
   if not alpha > 0:
-    raise ValueError(f"alpha must be > 0, got {alpha}")
+    raise InputError(f"alpha must be > 0, got {alpha}", argument="alpha")
   if variant not in DYN_VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(DYN_VARIANTS)}")
+    raise InputError(f"unknown variant {variant!r}; valid: {', '.join(DYN_VARIANTS)}",
+                     argument="variant")
   quad = lambda w, anchor: jax.tree.map(lambda a, b: alpha * (a - b), w, anchor)
 
   def train(trainer: LocalTrainer, params, g_i, h, data, client_id, key) -> ClientUpdate:
@@ -184,7 +187,8 @@ def scaffold(control: str = "gradient") -> ClientRule:
   original's SCAFFOLD optimizer has no momentum.
   """
   if control not in SCAFFOLD_CONTROLS:
-    raise ValueError(f"unknown control {control!r}; valid: {', '.join(SCAFFOLD_CONTROLS)}")
+    raise InputError(f"unknown control {control!r}; valid: {', '.join(SCAFFOLD_CONTROLS)}",
+                     argument="control")
   zeros = lambda p: jax.tree.map(jnp.zeros_like, p)
 
   def train(trainer: LocalTrainer, params, c_i, c, data, client_id, key) -> ClientUpdate:

@@ -76,6 +76,56 @@ def masked_loss_fn(apply_fn: Callable, preprocess: Preprocess):
   return loss
 
 
+def step_batches(data: FedData, client_id: jax.Array, key: jax.Array, *, local_epochs: int,
+                 batch_size: int, max_steps: int = 0):
+  """Example indices, masks and augmentation keys of every local step of one client."""
+  k_order, k_aug = jax.random.split(key)
+  idx, mask = client_schedule(k_order, data.client_idx[client_id],
+                              data.client_sizes[client_id], local_epochs, batch_size)
+  # Keyed by (epoch, step in epoch) so padding a client changes no real step.
+  spe = idx.shape[0] // local_epochs
+  step_keys = jax.vmap(lambda t: jax.random.fold_in(
+      jax.random.fold_in(k_aug, t // spe), t % spe))(jnp.arange(idx.shape[0]))
+  if max_steps:  # real steps first (padded ones are no-ops anywhere), then cut
+    order = jnp.argsort(~mask.any(axis=1), stable=True)[:max_steps]
+    idx, mask, step_keys = idx[order], mask[order], step_keys[order]
+  return idx, mask, step_keys
+
+
+def sgd_step(grad_fn: Callable, sgd: SGD, lr, data: FedData, grad_term: Correction | None,
+             correction: Correction | None, post_step: PostStep | None) -> Callable:
+  """The `lax.scan` body of local SGD: one masked step (see the module docstring).
+
+  carry = (params, momentum buffer, ctx, loss sum, real steps); a step whose
+  batch holds no real example leaves the carry exactly as it was.
+  """
+
+  def step(carry, inputs):
+    params, buf, ctx, loss_sum, steps = carry
+    b_idx, b_mask, b_key = inputs
+    loss, g = grad_fn(params, data.images[b_idx], data.labels[b_idx], b_mask, b_key)
+    if grad_term is not None:
+      g = jax.tree.map(jnp.add, g, grad_term(params, ctx))
+    d = jax.tree.map(lambda g, w: g + sgd.weight_decay * w, g, params)
+    new_buf = buf
+    if sgd.momentum:
+      new_buf = jax.tree.map(lambda b, d: sgd.momentum * b + d, buf, d)
+      d = new_buf
+    if correction is not None:
+      d = jax.tree.map(jnp.add, d, correction(params, ctx))
+      if sgd.momentum:  # the original PGD adds it to the buffer itself, in place
+        new_buf = d
+    new_params = jax.tree.map(lambda w, d: w - lr * d, params, d)
+    new_ctx = post_step(new_params, ctx) if post_step is not None else ctx
+    real = b_mask.any()
+    carry = (tree_where(real, new_params, params), tree_where(real, new_buf, buf),
+             tree_where(real, new_ctx, ctx), loss_sum + jnp.where(real, loss, 0.0),
+             steps + real.astype(jnp.int32))
+    return carry, None
+
+  return step
+
+
 def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
                        local_epochs: int, batch_size: int, unroll: int | bool = 1,
                        max_steps: int = 0):
@@ -94,18 +144,8 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
   grad_fn = jax.value_and_grad(loss_fn)
 
   def batches(data: FedData, client_id: jax.Array, key: jax.Array):
-    """Example indices, masks and augmentation keys of every local step."""
-    k_order, k_aug = jax.random.split(key)
-    idx, mask = client_schedule(k_order, data.client_idx[client_id],
-                                data.client_sizes[client_id], local_epochs, batch_size)
-    # Keyed by (epoch, step in epoch) so padding a client changes no real step.
-    spe = idx.shape[0] // local_epochs
-    step_keys = jax.vmap(lambda t: jax.random.fold_in(
-        jax.random.fold_in(k_aug, t // spe), t % spe))(jnp.arange(idx.shape[0]))
-    if max_steps:  # real steps first (padded ones are no-ops anywhere), then cut
-      order = jnp.argsort(~mask.any(axis=1), stable=True)[:max_steps]
-      idx, mask, step_keys = idx[order], mask[order], step_keys[order]
-    return idx, mask, step_keys
+    return step_batches(data, client_id, key, local_epochs=local_epochs,
+                        batch_size=batch_size, max_steps=max_steps)
 
   def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,
             ctx: Ctx = None, grad_term: Correction | None = None,
@@ -116,30 +156,7 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
     lr = sgd.lr if lr_scale is None else sgd.lr * lr_scale
     idx, mask, step_keys = batches(data, client_id, key)
     momentum = (jax.tree.map(jnp.zeros_like, params) if sgd.momentum else None)
-
-    def step(carry, inputs):
-      params, buf, ctx, loss_sum, steps = carry
-      b_idx, b_mask, b_key = inputs
-      loss, g = grad_fn(params, data.images[b_idx], data.labels[b_idx], b_mask, b_key)
-      if grad_term is not None:
-        g = jax.tree.map(jnp.add, g, grad_term(params, ctx))
-      d = jax.tree.map(lambda g, w: g + sgd.weight_decay * w, g, params)
-      new_buf = buf
-      if sgd.momentum:
-        new_buf = jax.tree.map(lambda b, d: sgd.momentum * b + d, buf, d)
-        d = new_buf
-      if correction is not None:
-        d = jax.tree.map(jnp.add, d, correction(params, ctx))
-        if sgd.momentum:  # the original PGD adds it to the buffer itself, in place
-          new_buf = d
-      new_params = jax.tree.map(lambda w, d: w - lr * d, params, d)
-      new_ctx = post_step(new_params, ctx) if post_step is not None else ctx
-      real = b_mask.any()
-      carry = (tree_where(real, new_params, params), tree_where(real, new_buf, buf),
-               tree_where(real, new_ctx, ctx), loss_sum + jnp.where(real, loss, 0.0),
-               steps + real.astype(jnp.int32))
-      return carry, None
-
+    step = sgd_step(grad_fn, sgd, lr, data, grad_term, correction, post_step)
     init = (params, momentum, ctx, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     (params, _, ctx, loss_sum, steps), _ = jax.lax.scan(
         step, init, (idx, mask, step_keys), unroll=unroll)

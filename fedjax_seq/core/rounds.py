@@ -40,10 +40,12 @@ class Algorithm(NamedTuple):
   # clients_of(cohort) -> client ids whose per-client rows the round touches
   # (ids >= K are padding); only needed to keep per-client state on the host.
   clients_of: Callable = lambda cohort: cohort
-  # chain(state) -> (on, start): when `on` (a bool scalar), this round's
-  # participants run one after another in cohort order, the first from
-  # `start`, each next one from the model the previous one returned, through
-  # participant_update(..., start=params) (FedSeqInter's original bank).
+  # chain(state) -> (on, start), for algorithms whose cohort may run as a
+  # chain: when `on` (a bool scalar, decided on the device) the participants
+  # run one after another in cohort order, the first from `start` and each
+  # next one from the model the previous one returned, through
+  # participant_update(..., start=params). The algorithm decides when and
+  # from where; the driver only runs the chain it is given.
   chain: Callable | None = None
 
 
@@ -136,79 +138,88 @@ def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: i
   place, so the caller must use the returned state, not the one passed in.
   """
   if strategy == "vmap":
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def round_fn(state, data, key):
-      k_sample, k_train = round_keys(key)
-      state = shard_client_state(state, mesh)
-      cohort = shard_rows(alg.sample(state, k_sample), mesh)
-      update = lambda member: alg.participant_update(state, data, member, k_train)
-      side_by_side = lambda: (jax.lax.map(update, cohort, batch_size=chunk) if chunk
-                              else jax.vmap(update)(cohort))
-      if alg.chain is None:
-        outs = side_by_side()
-      else:
-        on, start = alg.chain(state)
-        outs = jax.lax.cond(on, lambda: chained(alg, state, data, cohort, k_train, start),
-                            side_by_side)
-      state, metrics = alg.aggregate(state, cohort, shard_rows(outs, mesh))
-      return shard_client_state(state, mesh), metrics
-
-    if is_multiprocess(mesh):  # inputs must be global arrays; only new ones are converted
-      return lambda state, data, key: round_fn(
-          globalize(state, mesh), globalize(data, mesh), globalize(key, mesh))
-    return round_fn
+    return _vmap_round(alg, mesh, chunk)
   if mesh is not None:
     raise ValueError("a device mesh needs the vmap strategy")
-
   if strategy == "loop":
-
-    @jax.jit
-    def begin(state, key):
-      k_sample, k_train = round_keys(key)
-      return alg.sample(state, k_sample), k_train
-
-    @jax.jit
-    def update(state, data, cohort, i, key, **start):
-      """Participant i's update; the row is taken inside the call (no eager op per participant)."""
-      return alg.participant_update(state, data, jax.tree.map(lambda x: x[i], cohort), key, **start)
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def put(outs, i, out):
-      """Writes participant i's output into row i, in place.
-
-      Stacking the outputs after the loop went through one concatenation of
-      every participant's model, the largest op after the matmuls in a
-      100-client MLP round on the CPU (benchmarks/RESULTS.md).
-      """
-      return jax.tree.map(lambda rows, o: rows.at[i].set(o), outs, out)
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def first(n, out):
-      """The n rows for the cohort's outputs, row 0 written: one fused fill, not eager zeros."""
-      return jax.tree.map(lambda o: jnp.zeros((n,) + o.shape, o.dtype).at[0].set(o), out)
-
-    aggregate = jax.jit(alg.aggregate, donate_argnums=0)
-    chain = None if alg.chain is None else jax.jit(alg.chain)
-
-    def round_fn(state, data, key):
-      # Host (NumPy) leaves, e.g. a fresh state's K-row zeros, would otherwise be copied to
-      # the device again by every participant's call (60 s of SCAFFOLD's first round).
-      state = jax.device_put(state)
-      cohort, k_train = begin(state, key)
-      n = jax.tree.leaves(cohort)[0].shape[0]
-      on, start = chain(state) if chain is not None else (False, None)
-      chained = bool(on)  # one host sync per round, only for algorithms that may chain
-      outs = None
-      for i in range(n):
-        if chained:
-          out = update(state, data, cohort, i, k_train, start=start)
-          start = out.params
-        else:
-          out = update(state, data, cohort, i, k_train)
-        outs = first(n, out) if outs is None else put(outs, i, out)
-      return aggregate(state, cohort, outs)
-
-    return round_fn
-
+    return _loop_round(alg)
   raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _vmap_round(alg: Algorithm, mesh: Mesh | None, chunk: int):
+  """The whole round as one jitted computation, participants vmapped (or chained)."""
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def round_fn(state, data, key):
+    k_sample, k_train = round_keys(key)
+    state = shard_client_state(state, mesh)
+    cohort = shard_rows(alg.sample(state, k_sample), mesh)
+    update = lambda member: alg.participant_update(state, data, member, k_train)
+    side_by_side = lambda: (jax.lax.map(update, cohort, batch_size=chunk) if chunk
+                            else jax.vmap(update)(cohort))
+    if alg.chain is None:
+      outs = side_by_side()
+    else:
+      on, start = alg.chain(state)
+      outs = jax.lax.cond(on, lambda: chained(alg, state, data, cohort, k_train, start),
+                          side_by_side)
+    state, metrics = alg.aggregate(state, cohort, shard_rows(outs, mesh))
+    return shard_client_state(state, mesh), metrics
+
+  if is_multiprocess(mesh):  # inputs must be global arrays; only new ones are converted
+    return lambda state, data, key: round_fn(
+        globalize(state, mesh), globalize(data, mesh), globalize(key, mesh))
+  return round_fn
+
+
+def _loop_round(alg: Algorithm):
+  """Sampling and aggregation jitted; participants one after another through one jitted update."""
+
+  @jax.jit
+  def begin(state, key):
+    k_sample, k_train = round_keys(key)
+    return alg.sample(state, k_sample), k_train
+
+  @jax.jit
+  def update(state, data, cohort, i, key, **start):
+    """Participant i's update; the row is taken inside the call (no eager op per participant)."""
+    return alg.participant_update(state, data, jax.tree.map(lambda x: x[i], cohort), key, **start)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def put(outs, i, out):
+    """Writes participant i's output into row i, in place (no stack of every output later)."""
+    return jax.tree.map(lambda rows, o: rows.at[i].set(o), outs, out)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def first(n, out):
+    """The n rows for the cohort's outputs, row 0 written: one fused fill, not eager zeros."""
+    return jax.tree.map(lambda o: jnp.zeros((n,) + o.shape, o.dtype).at[0].set(o), out)
+
+  @jax.jit
+  def link(state, data, cohort, i, key, on, start):
+    """Participant i of a cohort that may be chained: from `start` when `on` (no host sync)."""
+    return jax.lax.cond(on, lambda: update(state, data, cohort, i, key, start=start),
+                        lambda: update(state, data, cohort, i, key))
+
+  aggregate = jax.jit(alg.aggregate, donate_argnums=0)
+  chain = None if alg.chain is None else jax.jit(alg.chain)
+
+  def round_fn(state, data, key):
+    # Host (NumPy) leaves, e.g. a fresh state's K-row zeros, would otherwise be copied to
+    # the device again by every participant's call.
+    state = jax.device_put(state)
+    cohort, k_train = begin(state, key)
+    n = jax.tree.leaves(cohort)[0].shape[0]
+    if chain is not None:
+      on, start = chain(state)
+    outs = None
+    for i in range(n):
+      if chain is None:
+        out = update(state, data, cohort, i, k_train)
+      else:
+        out = link(state, data, cohort, i, k_train, on, start)
+        start = out.params
+      outs = first(n, out) if outs is None else put(outs, i, out)
+    return aggregate(state, cohort, outs)
+
+  return round_fn

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_seq.errors import InputError
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
 ADAPTIVE = ("adam", "yogi", "adagrad")
 
@@ -72,14 +74,15 @@ def server_optimizer(name: str = "sgd", *, lr: float = 1.0, momentum: float = 0.
     eps: their adaptivity tau, added to sqrt(v).
   """
   if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise InputError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}",
+                     argument="optimizer")
   if not lr > 0:
-    raise ValueError(f"lr must be > 0, got {lr}")
+    raise InputError(f"lr must be > 0, got {lr}", argument="lr")
   for arg, value in (("momentum", momentum), ("b1", b1), ("b2", b2)):
     if not 0 <= value < 1:
-      raise ValueError(f"{arg} must be in [0, 1), got {value}")
+      raise InputError(f"{arg} must be in [0, 1), got {value}", argument=arg)
   if not eps > 0:
-    raise ValueError(f"eps must be > 0, got {eps}")
+    raise InputError(f"eps must be > 0, got {eps}", argument="eps")
   if name == "sgd":
     return None if lr == 1.0 else optax.sgd(lr)
   if name == "momentum":

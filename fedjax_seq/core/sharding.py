@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedjax_seq.core.state import map_client_rows
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 
 AXIS = "clients"
 
@@ -32,7 +32,8 @@ def make_mesh(num_devices: int = 0) -> Mesh | None:
   """
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
-    raise ValueError(f"num_devices must be in [0, {len(devices)}], got {num_devices}")
+    raise InputError(f"num_devices must be in [0, {len(devices)}], got {num_devices}",
+                     argument="num_devices")
   devices = devices[:num_devices or len(devices)]
   return Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
 
@@ -63,8 +64,8 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
   try:
     jax.distributed.initialize(coordinator_address or None, num_processes, process_id)
   except (RuntimeError, ValueError) as e:
-    raise UserError(f"cannot join the distributed run at {coordinator_address}: "
-                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    raise InputError(f"cannot join the distributed run at {coordinator_address}: "
+                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def is_multiprocess(mesh: Mesh | None) -> bool:

@@ -6,7 +6,7 @@ Everything is host numpy and all randomness comes from the caller's
 
 import numpy as np
 
-from fedjax_seq.errors import UserError
+from fedjax_seq.errors import InputError
 
 
 def partition(labels: np.ndarray, num_clients: int, num_classes: int, *,
@@ -43,16 +43,16 @@ def partition(labels: np.ndarray, num_clients: int, num_classes: int, *,
   labels = np.asarray(labels)
   n = len(labels)
   if num_clients < 1:
-    raise UserError(f"num_clients must be >= 1, got {num_clients}")
+    raise InputError(f"num_clients must be >= 1, got {num_clients}")
   if num_clients > n:
-    raise UserError(f"more clients than examples: {num_clients} clients, "
-                    f"{n} training examples")
+    raise InputError(f"more clients than examples: {num_clients} clients, "
+                     f"{n} training examples")
   if alpha < 0:
-    raise UserError(f"Dirichlet alpha must be >= 0, got {alpha}")
+    raise InputError(f"Dirichlet alpha must be >= 0, got {alpha}")
   if max_iter < 1:
-    raise UserError(f"max_iter must be >= 1, got {max_iter}")
+    raise InputError(f"max_iter must be >= 1, got {max_iter}")
   if labels.min() < 0 or labels.max() >= num_classes:
-    raise UserError(f"labels must lie in [0, {num_classes}), got "
+    raise InputError(f"labels must lie in [0, {num_classes}), got "
                     f"[{labels.min()}, {labels.max()}]")
 
   if iid:
@@ -140,13 +140,13 @@ def hold_out_exemplars(labels: np.ndarray, num_classes: int, per_class: int,
   """
   labels = np.asarray(labels)
   if per_class < 0:
-    raise UserError(f"exemplars per class must be >= 0, got {per_class}")
+    raise InputError(f"exemplars per class must be >= 0, got {per_class}")
   chosen = []
   for c in range(num_classes):
     idx = np.flatnonzero(labels == c)
     if len(idx) < per_class:
-      raise UserError(f"class {c} has {len(idx)} test examples, fewer than "
-                      f"the {per_class} exemplars per class to hold out")
+      raise InputError(f"class {c} has {len(idx)} test examples, fewer than "
+                       f"the {per_class} exemplars per class to hold out")
     chosen.append(np.sort(rng.choice(idx, per_class, replace=False)))
   exemplars = np.concatenate(chosen).astype(np.int64)
   kept = np.setdiff1d(np.arange(len(labels)), exemplars)

@@ -17,6 +17,7 @@ import numpy as np
 from fedjax_seq import registry
 from fedjax_seq.data import readers
 from fedjax_seq.data.arrays import FederatedArrays
+from fedjax_seq.errors import InputError
 
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -189,10 +190,10 @@ def _read_cifar(name: str, root: str):
     return (*convert(tr, tar_path), *convert(te, tar_path))
   if os.path.isdir(os.path.join(root, name)):
     return _read_tfds(name, root)
-  raise ValueError(
+  raise InputError(
       f"{name} not found: looked for {folder}/, {tarball} and prepared TFDS "
-      f"{name}/ in {root}; download {tarball} into {root} or point "
-      "--config.data.dir at it; TFDS download needs internet")
+      f"{name}/ in {root}; download {tarball} into {root} or set data_dir to "
+      "where it is; TFDS download needs internet", argument="data_dir")
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -247,13 +248,12 @@ def _read_idx_dataset(name: str, root: str):
     return _read_tfds(name, root)
   names = ", ".join(f + "[.gz]" for files in _IDX_FILES.values() for f in files)
   if name == "fashion_mnist":
-    how = ("apt-get install -y dataset-fashion-mnist or point "
-           "--config.data.dir at the IDX files")
+    how = "apt-get install -y dataset-fashion-mnist or set data_dir to the IDX files' directory"
   else:
-    how = (f"download the four MNIST IDX files into {root} or point "
-           "--config.data.dir at them; TFDS download needs internet")
-  raise ValueError(f"{name} not found: looked for {names} and prepared TFDS "
-                  f"{name}/ in {root}; {how}")
+    how = (f"download the four MNIST IDX files into {root} or set data_dir to their "
+           "directory; TFDS download needs internet")
+  raise InputError(f"{name} not found: looked for {names} and prepared TFDS "
+                   f"{name}/ in {root}; {how}", argument="data_dir")
 
 
 def _read_idx(path: str, ndim: int) -> np.ndarray:

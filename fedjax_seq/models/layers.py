@@ -7,15 +7,15 @@ the original implementation.
 `Conv` computes a VALID, stride-1 convolution either with `lax.conv` or as an
 im2col matmul (concatenate the kh*kw shifted views, one matmul). Both use the
 same parameters, so the choice is a per-backend speed decision only: XLA:CPU
-runs the im2col form (and its gradient) much faster than its convolution.
+runs the im2col form (and its gradient) faster than its convolution.
 
 The im2col matmul has its own VJP only to steer how XLA:CPU lays out the
 kernel gradient; its numbers are those of plain autodiff, bit for bit
 (tests/test_models.py checks the paper's shapes). Left to itself, XLA fuses the
 ReLU/pooling backward into a transposing copy of the output gradient and
-multiplies conv2's 41 MB patch matrix transposed (13 ms, against 8 ms for the
-same product swapped, on the 2-core CPU); the paper's round runs 1.2x faster
-rescheduled (benchmarks/RESULTS.md).
+multiplies the large patch matrix in its transposed layout; computing the
+product the other way round, behind optimization barriers, avoids both and is
+faster on XLA:CPU (benchmarks/RESULTS.md, section 4).
 """
 
 import functools
@@ -54,10 +54,10 @@ class Dense(nn.Module):
 # Patch widths from which the kernel gradient is computed as (g^T patches)^T:
 # XLA:CPU's matmul then reads the patches in their stored layout. That product
 # sums in the same order as autodiff's patches^T g wherever the two orientations
-# are blocked and split across threads alike, which held on every measured shape
-# of width >= 400 (LeNet's conv2: 1,600) at one and two threads, and failed for
-# conv1's 75 at the paper's batch of 64 on two threads (its long contraction is
-# split differently). tests/test_models.py checks it on the machine that runs it.
+# are blocked and split across threads alike: true for every shape of width >= 400
+# checked (LeNet's conv2: 1,600) at one and two threads, not for conv1's 75 at the
+# paper's batch of 64 on two threads (its long contraction is split differently).
+# tests/test_models.py checks it on the machine that runs it.
 SWAPPED_KERNEL_GRAD_MIN_WIDTH = 400
 _ROWS = (((0,), (0,)), ((), ()))  # dot_general: contract the rows of both
 

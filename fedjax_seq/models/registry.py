@@ -1,7 +1,6 @@
 """Builds a model from its registry entry (`fedjax_seq.registry.MODELS`)."""
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ from jax.extend import core as jax_core
 import numpy as np
 
 from fedjax_seq import registry
+from fedjax_seq.errors import InputError
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "xla", "im2col")
@@ -62,15 +62,17 @@ def check_options(name: str, *, conv_impl: str = "auto", compute_dtype: str = "f
   """Refuses settings the model's entry does not take, before anything is built."""
   entry = registry.MODELS.get(name)
   if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"unknown compute_dtype {compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
+    raise InputError(f"unknown compute_dtype {compute_dtype!r}; valid: "
+                     f"{', '.join(COMPUTE_DTYPES)}", argument="compute_dtype")
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    raise InputError(f"unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}",
+                     argument="conv_impl")
   if compute_dtype != "float32" and "dtype" not in entry.options:
-    raise ValueError(f"model {name} takes no compute_dtype (its computation is its own); "
-                     "leave it float32")
+    raise InputError(f"model {name} takes no compute_dtype (its computation is its own); "
+                     "leave it float32", argument="compute_dtype")
   if conv_impl != "auto" and "conv_impl" not in entry.options:
-    raise ValueError(f"model {name} takes no conv_impl (it has no fedjax_seq.models.layers.Conv "
-                     "to switch); leave it auto")
+    raise InputError(f"model {name} takes no conv_impl (it has no fedjax_seq.models.layers.Conv "
+                     "to switch); leave it auto", argument="conv_impl")
   unknown = sorted(set(hyperparameters or {}) - set(entry.hyperparameters))
   if unknown:
     raise ValueError(f"model {name} has no setting {', '.join(unknown)}; its settings: "

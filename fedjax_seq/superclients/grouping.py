@@ -30,10 +30,7 @@ def kullback(g: np.ndarray, c: np.ndarray) -> np.ndarray:
   m is not renormalised (unlike `kl_rows`): the representers are probability
   vectors already, and the reference scores them as they are.
   """
-  m = (g + c) / 2
-  with np.errstate(divide="ignore", invalid="ignore"):
-    terms = np.where(m > 0, m * np.log(m * m.shape[-1]), 0.0)
-  return 1 - terms.sum(-1)
+  return 1 - kl_rows((g + c) / 2, normalise=False)
 
 
 def gini(g: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -306,14 +303,19 @@ def _redistribute(short: list[int], groups: list[list[int]],
         g.append(short.pop())
 
 
-def kl_rows(counts: np.ndarray) -> np.ndarray:
+def kl_rows(counts: np.ndarray, normalise: bool = True) -> np.ndarray:
   """KL(row / row sum || uniform) of each row of (non-negative) class counts, in nats.
 
   0 log 0 counts as 0 and an all-zero row has KL 0. Works on any leading shape.
+  `normalise=False` takes the rows as distributions already (the kullback
+  measure scores mixtures of probability vectors as they are).
   """
   counts = np.asarray(counts, dtype=np.float64)
-  total = counts.sum(-1, keepdims=True)
-  p = counts / np.where(total > 0, total, 1.0)
+  if normalise:
+    total = counts.sum(-1, keepdims=True)
+    p = counts / np.where(total > 0, total, 1.0)
+  else:
+    p = counts
   with np.errstate(divide="ignore", invalid="ignore"):
     terms = np.where(p > 0, p * np.log(p * counts.shape[-1]), 0.0)
   return terms.sum(-1)

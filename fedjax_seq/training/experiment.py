@@ -4,18 +4,18 @@ This is the only place that reads the config; everything below it takes plain
 values. `validate` runs before anything is loaded or written.
 """
 
-import dataclasses
 import json
 import os
-import re
-from typing import Any, Callable, NamedTuple, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 import jax
 import ml_collections
 import numpy as np
 
+from fedjax_seq import registry as registry_lib
 from fedjax_seq.algorithms import fedseq as fedseq_lib
 from fedjax_seq.algorithms import fedseq_inter, registry, rules
+from fedjax_seq.api import Experiment
 from fedjax_seq.core import engine
 from fedjax_seq.core import server as server_lib
 from fedjax_seq.core.rounds import (CLIENT_STATES, Algorithm, make_round, num_sampled,
@@ -23,10 +23,9 @@ from fedjax_seq.core.rounds import (CLIENT_STATES, Algorithm, make_round, num_sa
 from fedjax_seq.core.sharding import globalize, make_mesh
 from fedjax_seq.data import partition as partition_lib
 from fedjax_seq.data import sources
-from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
-from fedjax_seq import registry as registry_lib
 from fedjax_seq.data.arrays import FederatedArrays
-from fedjax_seq.errors import UserError
+from fedjax_seq.data.federated import FedData, Preprocess, make_fed_data
+from fedjax_seq.errors import InputError
 from fedjax_seq.models import initialize
 from fedjax_seq.models import registry as model_registry
 from fedjax_seq.superclients import formation
@@ -40,25 +39,28 @@ T = TypeVar("T")
 
 def _check(cond: bool, msg: str):
   if not cond:
-    raise UserError(msg)
+    raise InputError(msg)
 
 
-def _named(error: ValueError, paths: dict[str, str]) -> UserError:
-  """A constructor's plain ValueError as a UserError naming the config field it is about.
+def _named(error: ValueError, paths: dict[str, str]) -> InputError:
+  """A library error as an InputError naming the config field its `argument` maps to.
 
-  Constructors name an argument as "ARG must ...", "unknown ARG '...'" or
-  "ARG=VALUE"; the first such mention of one of `paths` becomes its path.
+  "mu must be >= 0" about argument `mu`, mapped to config.algorithm.fedprox.mu,
+  reads "config.algorithm.fedprox.mu must be >= 0"; a message that does not
+  start with the argument gets the field in front. A ValueError about no
+  mapped argument (e.g. a user's constructor) keeps its message.
   """
-  message = str(error)
-  for arg, path in paths.items():
-    named = re.sub(rf"(?<![\w.]){re.escape(arg)}(?= must\b|=| ')", path, message, count=1)
-    if named != message:
-      return UserError(named)
-  return UserError(message)
+  message, argument = str(error), getattr(error, "argument", None)
+  path = paths.get(argument) if argument else None
+  if path is None:
+    return InputError(message)
+  if message.startswith(argument + " "):
+    return InputError(path + message[len(argument):], argument=path)
+  return InputError(f"{path}: {message}", argument=path)
 
 
 def _checked(call: Callable[[], T], paths: dict[str, str]) -> T:
-  """call(), with a ValueError it raises turned into a UserError naming the config field."""
+  """call(), with a ValueError it raises turned into an InputError naming the config field."""
   try:
     return call()
   except ValueError as e:
@@ -125,7 +127,7 @@ def _validate_algorithms(config, names: list[str]) -> None:
 
 def validate(config: ml_collections.ConfigDict, *, user_model: bool = False,
              user_data: bool = False) -> None:
-  """Raises UserError for any out-of-range or unknown value, naming its config field.
+  """Raises InputError for any out-of-range or unknown value, naming its config field.
 
   Reads only the config and the registries' declarations: nothing is loaded.
   `user_model` / `user_data`: a module / arrays are passed to `build`, so the
@@ -189,8 +191,9 @@ def _validate_data(config, user_data: bool = False) -> None:
   if user_data:
     return
   base, sep, argument = d.name.partition(":")
-  _check(base in registry_lib.DATASETS, f"unknown config.data.name {d.name!r}; valid: "
-         f"{', '.join(f'{n}:{e.argument}' if e.argument else n for n, e in registry_lib.DATASETS.items())}")
+  names = [f"{n}:{e.argument}" if e.argument else n for n, e in registry_lib.DATASETS.items()]
+  _check(base in registry_lib.DATASETS,
+         f"unknown config.data.name {d.name!r}; valid: {', '.join(names)}")
   entry = registry_lib.DATASETS.get(base)
   _check(not (entry.argument and not argument),
          f"config.data.name={d.name}: dataset {base} is named as {base}:{entry.argument}")
@@ -199,7 +202,7 @@ def _validate_data(config, user_data: bool = False) -> None:
     try:
       entry.check(argument)
     except ValueError as e:
-      raise UserError(f"config.data.name={d.name}: {e}") from None
+      raise InputError(f"config.data.name={d.name}: {e}") from None
   own = components.section(d, base, entry.hyperparameters)
   unknown = sorted(set(own) - set(entry.hyperparameters))
   _check(not unknown, f"config.data.{base} has fields {unknown} that dataset {base} does not take")
@@ -245,23 +248,8 @@ def _validate_formation(config, user_model: bool = False) -> None:
                                  has_classifier=has_classifier,
                                  exemplars=config.data.exemplars_per_class)
   except ValueError as e:
-    raise UserError(f"config.fedseq (grouping={f.grouping}, measure={f.measure}, "
-                    f"representation={f.representation}, evaluator model {label}): {e}") from None
-
-
-@dataclasses.dataclass
-class Experiment:
-  """Everything a run needs, built once."""
-  data: FedData
-  model: Any
-  algorithm: Algorithm
-  round_fn: Callable
-  evaluate: Callable
-  init_params: Any
-  strategy: str
-  image_shape: tuple[int, ...]
-  partition: str              # how the start-up line describes the clients
-  superclients: dict | None = None  # FedSeq family: what superclients.json records
+    raise InputError(f"config.fedseq (grouping={f.grouping}, measure={f.measure}, "
+                     f"representation={f.representation}, evaluator model {label}): {e}") from None
 
 
 class Federated(NamedTuple):
@@ -285,7 +273,7 @@ def load_federated(config, data: FederatedArrays | None = None) -> Federated:
     entry = registry_lib.DATASETS.get(base)
     ds = _checked(lambda: sources.load_dataset(
         d.name, d.dir, seed=config.seed, **components.section(d, base, entry.hyperparameters)),
-        {})
+        {"data_dir": "config.data.dir"})
   else:
     ds = data
   rng = np.random.default_rng(config.seed)
@@ -299,14 +287,14 @@ def load_federated(config, data: FederatedArrays | None = None) -> Federated:
         {"num_clients": "config.data.num_clients"})
     partition = f"{len(clients)} clients, " + ("iid" if d.iid else f"alpha={d.alpha}")
     if min(len(c) for c in clients) == 0:
-      raise UserError("a client received no data; lower config.data.num_clients or raise "
-                      "config.data.alpha")
+      raise InputError("a client received no data; lower config.data.num_clients or raise "
+                       "config.data.alpha")
   kept, exemplars = _checked(lambda: partition_lib.hold_out_exemplars(
       ds.test_labels, ds.num_classes, d.exemplars_per_class, rng),
       {"per_class": "config.data.exemplars_per_class"})
   if len(kept) == 0:
-    raise UserError(f"no test examples left after holding out {d.exemplars_per_class} "
-                    "exemplars per class; lower config.data.exemplars_per_class")
+    raise InputError(f"no test examples left after holding out {d.exemplars_per_class} "
+                     "exemplars per class; lower config.data.exemplars_per_class")
   return Federated(ds, clients, kept, exemplars, partition)
 
 
@@ -329,14 +317,14 @@ def load_groups_file(path: str, num_clients: int) -> list[np.ndarray]:
     with open(path) as fh:
       groups = [np.asarray(s["clients"], np.int64) for s in json.load(fh)["superclients"]]
   except FileNotFoundError:
-    raise UserError(f"config.fedseq.superclients_from: {path} does not exist") from None
+    raise InputError(f"config.fedseq.superclients_from: {path} does not exist") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"config.fedseq.superclients_from: {path} is not a superclients file "
-                    f"({type(e).__name__}: {e})") from None
+    raise InputError(f"config.fedseq.superclients_from: {path} is not a superclients file "
+                     f"({type(e).__name__}: {e})") from None
   ids = np.concatenate(groups) if groups else np.zeros(0, np.int64)
   if not all(len(g) for g in groups) or np.sort(ids).tolist() != list(range(num_clients)):
-    raise UserError(f"config.fedseq.superclients_from: the groups in {path} do not cover this "
-                    f"run's {num_clients} clients exactly once (another partition or K?)")
+    raise InputError(f"config.fedseq.superclients_from: the groups in {path} do not cover this "
+                     f"run's {num_clients} clients exactly once (another partition or K?)")
   return groups
 
 
@@ -363,7 +351,7 @@ def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess,
     return superclients_lib.form_superclients(config, fed.ds, data, fed.clients, fed.exemplars,
                                               preprocess, strategy, stream, evaluator)
   except ValueError as e:  # infeasible constraints, a user grouping's bad output
-    raise UserError(f"config.fedseq: {e}") from None
+    raise InputError(f"config.fedseq: {e}") from None
 
 
 def build(config, stream=None, superclients=None, *, model=None,
@@ -395,7 +383,8 @@ def build(config, stream=None, superclients=None, *, model=None,
   algorithm = build_algorithm(config, trainer, fed_data.num_clients, superclients)
   k_init = jax.random.split(jax.random.key(config.seed))[0]
   init_params = initialize(module, k_init, ds.train_images)
-  if ALGORITHMS[config.algorithm.name].full_test_set(**hyperparameters(config, config.algorithm.name)):
+  name = config.algorithm.name
+  if ALGORITHMS[name].full_test_set(**hyperparameters(config, name)):
     kept = np.arange(len(ds.test_labels))  # e.g. the original's centralized run: all of it
   evaluate = make_evaluator(module.apply, preprocess, ds.test_images[kept], ds.test_labels[kept],
                             config.eval_batch_size)
@@ -405,10 +394,10 @@ def build(config, stream=None, superclients=None, *, model=None,
   round_fn = make_round(algorithm, strategy, mesh, config.engine.chunk)
   if config.engine.client_state == "host":
     if jax.process_count() > 1:
-      raise UserError("engine.client_state=host is for single-process runs")
+      raise InputError("engine.client_state=host is for single-process runs")
     round_fn = with_host_client_state(algorithm, round_fn)
-  return Experiment(fed_data, module, algorithm, round_fn, evaluate, init_params, strategy,
-                    ds.image_shape, fed.partition, info)
+  return Experiment(config.copy_and_resolve_references(), fed_data, module, algorithm,
+                    init_params, strategy, ds.image_shape, fed.partition, info, round_fn, evaluate)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:
