@@ -106,17 +106,6 @@ def mean_grad(w, b, images, labels, batch_list):
   return sum(g[0] for g in gs) / len(gs), sum(g[1] for g in gs) / len(gs)
 
 
-def override(config, overrides: dict):
-  """Sets dotted config paths (e.g. "data.name") in place; returns the config."""
-  for path, value in overrides.items():
-    node = config
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
 def resumed_and_uninterrupted(alg, round_fn, data, keys, directory: str, stop: int = 1):
   """(uninterrupted, resumed) states after all `keys`: the resumed run is checkpointed
   with orbax after `stop` rounds, restored into a fresh state and continued."""
