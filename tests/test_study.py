@@ -7,6 +7,8 @@ import os
 import sys
 
 import numpy as np
+
+import helpers
 import pytest
 
 from configs import fedseq as fedseq_config
@@ -34,13 +36,7 @@ def tiny_config(**changes):
   c.model.name = "mlp"
   c.fedseq.update(evaluator_model="mlp", min_examples=100, max_clients=5, pretrain_epochs=2)
   c.client.lr = 0.1
-  for path, value in changes.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return helpers.override(c, changes)
 
 
 def _run(config, workdir, **flags):
