@@ -1,12 +1,14 @@
 """The local-training engine: PyTorch SGD semantics, batches, exact masking."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import reference as ref
 from helpers import assert_leaves_match, assert_trees_close, assert_trees_equal
+from fedjax_seq.core import engine
 from fedjax_seq.data.federated import client_schedule, make_fed_data, random_crop_flip
 
 
@@ -137,3 +139,61 @@ def test_step_cap_truncates_only_larger_clients():
   # A client with at most 2 steps is unchanged, bit for bit.
   a, b = full(params, data, jnp.int32(1), key), capped(params, data, jnp.int32(1), key)
   assert_trees_equal(a.params, b.params)
+
+
+def batch_sizes_computed(train, params, data) -> list[int]:
+  """The batch sizes of the gradient computations in `train`'s program (its dot operands)."""
+  jaxpr = jax.make_jaxpr(train)(params, data, jnp.int32(0), jax.random.key(0))
+  sizes = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general" and eqn.invars[0].aval.ndim == 2:
+        sizes.append(eqn.invars[0].aval.shape[0])
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jaxpr.jaxpr)
+  return sorted(set(sizes))
+
+
+@pytest.mark.parametrize("epochs,batch_size,momentum", [(1, 3, 0.0), (2, 3, 0.9), (2, 7, 0.0),
+                                                        (3, 4, 0.5)])
+def test_equal_clients_compute_each_batch_at_its_real_size(epochs, batch_size, momentum):
+  """Clients of 7: batches 3+3+1 (or one of 7, or 4+3) per epoch, each computed at that size.
+
+  Same numbers as the float64 reference and as the masked schedule (which
+  pads the last batch to B), to float32 rounding.
+  """
+  images, labels, data = ref.tiny_data([7, 7, 7])
+  assert data.equal_sizes
+  masked = data.replace(equal_sizes=False)
+  params, key = ref.init_params(), jax.random.key(4)
+  train = ref.trainer(lr=0.5, momentum=momentum, weight_decay=0.01, epochs=epochs,
+                      batch_size=batch_size).train
+  tail = 7 - (-(-7 // batch_size) - 1) * batch_size
+  assert engine.last_batch_size(data, local_epochs=epochs, batch_size=batch_size) == tail
+  assert batch_sizes_computed(train, params, data) == sorted({batch_size, tail})
+  assert batch_sizes_computed(train, params, masked) == [batch_size]
+  for client in range(3):
+    exact = jax.jit(train)(params, data, jnp.int32(client), key)
+    padded = jax.jit(train)(params, masked, jnp.int32(client), key)
+    expected = ref.local_sgd(*ref.to_np(params), images, labels,
+                             ref.batches(data, client, key, epochs, batch_size), 0.5, momentum,
+                             0.01)
+    assert_leaves_match(exact.params, expected)
+    assert_trees_close(exact.params, padded.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(exact.loss), float(padded.loss), rtol=1e-6)
+    assert int(exact.num_steps) == int(padded.num_steps) == epochs * -(-7 // batch_size)
+
+
+def test_exact_schedule_only_where_it_applies():
+  """Ragged clients, or a step cap below the clients' steps, keep the masked schedule."""
+  _, _, ragged = ref.tiny_data([7, 5])
+  _, _, equal = ref.tiny_data([7, 7])
+  assert not ragged.equal_sizes and equal.equal_sizes
+  assert engine.last_batch_size(ragged, local_epochs=1, batch_size=3) == 0
+  assert engine.last_batch_size(equal, local_epochs=2, batch_size=3) == 1
+  assert engine.last_batch_size(equal, local_epochs=2, batch_size=3, max_steps=5) == 0
+  assert engine.last_batch_size(equal, local_epochs=2, batch_size=3, max_steps=6) == 1
+  assert engine.last_batch_size(equal, local_epochs=1, batch_size=7) == 7

@@ -1,11 +1,22 @@
-"""The masked local-training engine shared by every algorithm.
+"""The local-training engine shared by every algorithm.
 
 `make_local_trainer` closes over the model and the SGD hyperparameters and
 returns a pure function that runs E epochs of minibatch SGD on one client,
-starting from given parameters. Clients have different sizes: every client is
-padded to the same number of steps, a padded step leaves the whole state
-bit-identical, and a padded example contributes nothing to the loss. Shapes
-depend only on the configuration, so the round compiles once.
+starting from given parameters. Batches follow PyTorch's shuffled DataLoader:
+each epoch's last batch holds the remainder, and its loss is the mean over
+its real examples.
+
+Two schedules, both with shapes fixed by the configuration (the round
+compiles once):
+
+  exact   every client holds the same number n of examples (the paper's
+          100; `FedData.equal_sizes`): each epoch is n // B full batches
+          and, when B does not divide n, one batch of the n % B real
+          examples, computed at that size.
+  masked  clients of different sizes: every client is padded to the
+          largest client's steps and every batch to B; a padded step
+          leaves the whole state bit-identical and a padded example
+          contributes nothing to the loss.
 
 SGD follows PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov):
 g = grad(loss) + grad_term(w); d = g + wd * w; buf = momentum * buf + d
@@ -26,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_seq.data.federated import FedData, Preprocess, client_schedule
+from fedjax_seq.data.federated import FedData, Preprocess, client_schedule, steps_per_epoch
 
 Params = Any
 Ctx = Any
@@ -92,12 +103,52 @@ def step_batches(data: FedData, client_id: jax.Array, key: jax.Array, *, local_e
   return idx, mask, step_keys
 
 
-def sgd_step(grad_fn: Callable, sgd: SGD, lr, data: FedData, grad_term: Correction | None,
-             correction: Correction | None, post_step: PostStep | None) -> Callable:
-  """The `lax.scan` body of local SGD: one masked step (see the module docstring).
+def last_batch_size(data: FedData, *, local_epochs: int, batch_size: int,
+                    max_steps: int = 0) -> int:
+  """The real size of each epoch's last batch under the exact schedule, 0 for the masked one.
 
-  carry = (params, momentum buffer, ctx, loss sum, real steps); a step whose
-  batch holds no real example leaves the carry exactly as it was.
+  Exact needs equal-size clients and no step cap that cuts into their steps.
+  """
+  if not data.equal_sizes:
+    return 0
+  spe = steps_per_epoch(data.max_client_size, batch_size)
+  if max_steps and max_steps < local_epochs * spe:
+    return 0
+  return data.max_client_size - (spe - 1) * batch_size
+
+
+def scan_steps(step: Callable, carry, schedule, *, last: int, local_epochs: int,
+               unroll: int | bool):
+  """Runs `step` over a client's (indices, masks, keys), returns the final carry.
+
+  last = 0: every step at the batch size B (masked schedule). last > 0
+  (exact schedule): each epoch's final step takes only its first `last`
+  examples, the real ones, so no padded example is computed.
+  """
+  batch = schedule[0].shape[1]
+  if not last or last == batch:
+    return jax.lax.scan(step, carry, schedule, unroll=unroll)[0]
+  per_epoch = jax.tree.map(lambda x: x.reshape((local_epochs, -1) + x.shape[1:]), schedule)
+
+  def epoch(carry, xs):
+    idx, mask, keys = xs
+    if idx.shape[0] > 1:
+      carry = jax.lax.scan(step, carry, (idx[:-1], mask[:-1], keys[:-1]), unroll=unroll)[0]
+    return step(carry, (idx[-1, :last], mask[-1, :last], keys[-1]))[0], None
+
+  if local_epochs == 1:
+    return epoch(carry, jax.tree.map(lambda x: x[0], per_epoch))[0]
+  return jax.lax.scan(epoch, carry, per_epoch, unroll=unroll)[0]
+
+
+def sgd_step(grad_fn: Callable, sgd: SGD, lr, data: FedData, grad_term: Correction | None,
+             correction: Correction | None, post_step: PostStep | None,
+             masked: bool = True) -> Callable:
+  """The `lax.scan` body of local SGD: one step (see the module docstring).
+
+  carry = (params, momentum buffer, ctx, loss sum, real steps). `masked`: a
+  step whose batch holds no real example leaves the carry exactly as it
+  was; without it (exact schedule) every step is real.
   """
 
   def step(carry, inputs):
@@ -117,6 +168,8 @@ def sgd_step(grad_fn: Callable, sgd: SGD, lr, data: FedData, grad_term: Correcti
         new_buf = d
     new_params = jax.tree.map(lambda w, d: w - lr * d, params, d)
     new_ctx = post_step(new_params, ctx) if post_step is not None else ctx
+    if not masked:
+      return (new_params, new_buf, new_ctx, loss_sum + loss, steps + 1), None
     real = b_mask.any()
     carry = (tree_where(real, new_params, params), tree_where(real, new_buf, buf),
              tree_where(real, new_ctx, ctx), loss_sum + jnp.where(real, loss, 0.0),
@@ -144,8 +197,15 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
   grad_fn = jax.value_and_grad(loss_fn)
 
   def batches(data: FedData, client_id: jax.Array, key: jax.Array):
+    """The client's schedule, and its last batch's real size (0: masked schedule)."""
+    last = last_batch_size(data, local_epochs=local_epochs, batch_size=batch_size,
+                           max_steps=max_steps)
     return step_batches(data, client_id, key, local_epochs=local_epochs,
-                        batch_size=batch_size, max_steps=max_steps)
+                        batch_size=batch_size, max_steps=0 if last else max_steps), last
+
+  def run(step, carry, schedule, last):
+    return scan_steps(step, carry, schedule, last=last, local_epochs=local_epochs,
+                      unroll=unroll)
 
   def train(params: Params, data: FedData, client_id: jax.Array, key: jax.Array,
             ctx: Ctx = None, grad_term: Correction | None = None,
@@ -154,12 +214,12 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
             lr_scale: jax.Array | None = None) -> LocalResult:
     """`lr_scale` multiplies the learning rate of every step (a schedule's factor)."""
     lr = sgd.lr if lr_scale is None else sgd.lr * lr_scale
-    idx, mask, step_keys = batches(data, client_id, key)
+    schedule, last = batches(data, client_id, key)
     momentum = (jax.tree.map(jnp.zeros_like, params) if sgd.momentum else None)
-    step = sgd_step(grad_fn, sgd, lr, data, grad_term, correction, post_step)
+    step = sgd_step(grad_fn, sgd, lr, data, grad_term, correction, post_step,
+                    masked=not last)
     init = (params, momentum, ctx, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    (params, _, ctx, loss_sum, steps), _ = jax.lax.scan(
-        step, init, (idx, mask, step_keys), unroll=unroll)
+    params, _, ctx, loss_sum, steps = run(step, init, schedule, last)
     return LocalResult(params, ctx, loss_sum / jnp.maximum(steps, 1), steps)
 
   def mean_gradient(params: Params, data: FedData, client_id: jax.Array,
@@ -169,19 +229,20 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
     One pass of `local_epochs` epochs of fresh batches, as the original
     SCAFFOLD client's "option 1"; only the client's real batches count.
     """
-    idx, mask, step_keys = batches(data, client_id, key)
+    schedule, last = batches(data, client_id, key)
 
     def step(carry, inputs):
       total, steps = carry
       b_idx, b_mask, b_key = inputs
       _, g = grad_fn(params, data.images[b_idx], data.labels[b_idx], b_mask, b_key)
+      if last:  # exact schedule: every step is real
+        return (jax.tree.map(jnp.add, total, g), steps + 1), None
       real = b_mask.any()
       total = jax.tree.map(lambda t, g: t + jnp.where(real, g, 0.0), total, g)
       return (total, steps + real.astype(jnp.int32)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (total, steps), _ = jax.lax.scan(step, (zeros, jnp.zeros((), jnp.int32)),
-                                     (idx, mask, step_keys), unroll=unroll)
+    total, steps = run(step, (zeros, jnp.zeros((), jnp.int32)), schedule, last)
     return jax.tree.map(lambda t: t / jnp.maximum(steps, 1), total)
 
   return LocalTrainer(train, mean_gradient, sgd)

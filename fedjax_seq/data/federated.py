@@ -21,6 +21,9 @@ class FedData:
   labels: jax.Array        # (N,) int32
   client_idx: jax.Array    # (K, max_n) int32, rows padded with 0
   client_sizes: jax.Array  # (K,) int32
+  # Static: every client holds exactly max_client_size examples (e.g. the paper's
+  # 100 per client). The engine then computes each batch at its real size.
+  equal_sizes: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
   def num_clients(self) -> int:
@@ -40,7 +43,8 @@ def make_fed_data(images: np.ndarray, labels: np.ndarray,
     table[k, :len(c)] = c
   return FedData(images=jnp.asarray(images, jnp.uint8),
                  labels=jnp.asarray(labels, jnp.int32),
-                 client_idx=jnp.asarray(table), client_sizes=jnp.asarray(sizes))
+                 client_idx=jnp.asarray(table), client_sizes=jnp.asarray(sizes),
+                 equal_sizes=bool((sizes == table.shape[1]).all()))
 
 
 class Preprocess(NamedTuple):
