@@ -76,8 +76,8 @@ def main(argv):
       "xla_over_analytic": round(cross_check(config, exp), 4),
   }
   if FLAGS.compare_loop and exp.strategy != "loop":
-    _, loop_s = time_rounds(make_round(exp.algorithm, "loop"), init(), exp.data, config.seed,
-                            FLAGS.rounds)
+    loop = make_round(exp.algorithm, "loop", batch_size=config.client.batch_size)
+    _, loop_s = time_rounds(loop, init(), exp.data, config.seed, FLAGS.rounds)
     out["loop_seconds_per_round"] = round(loop_s, 4)
     out["speedup_over_loop_strategy"] = round(loop_s / steady, 3)
   print(json.dumps(out), flush=True)

@@ -129,3 +129,45 @@ def test_chunked_vmap_equals_whole_cohort(chunk):
   b, _ = make_round(alg, "vmap", chunk=chunk)(alg.init(ref.init_params()), data,
                                               jax.random.key(2))
   assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_step_bucket_bounds_the_programs():
+  from fedjax_seq.core.rounds import step_bucket
+  # B = 4, clients of up to 40 examples (10 steps): caps of 1, 2, 4, 8 or 10 steps.
+  assert [step_bucket(s, 4, 40) for s in (0, 1, 4, 5, 8, 9, 13, 17, 33, 40)] == [
+      4, 4, 4, 8, 8, 16, 16, 32, 40, 40]
+  assert len({step_bucket(s, 4, 40) for s in range(41)}) == 5  # 1 + ceil(log2(10))
+
+
+@pytest.mark.parametrize("family", ["fedavg", "fedseq"])
+def test_loop_with_step_buckets_equals_the_padded_round(family):
+  """Ragged clients (1 to 10 steps an epoch): each participant runs its bucket's steps only,
+  with the same numbers as when every client runs the largest client's; one program per
+  bucket."""
+  from fedjax_seq.algorithms.fedseq import fedseq, make_superclients
+  sizes = [3, 20, 7, 40, 1, 12, 9, 26]
+  _, _, data = ref.tiny_data(sizes)
+  traces = []
+  base = ref.trainer(lr=LR, epochs=2, batch_size=4)
+
+  def counting_train(*args, **kwargs):
+    traces.append(args[1].size_cap)
+    return base.train(*args, **kwargs)
+
+  trainer = base._replace(train=counting_train)
+  if family == "fedavg":
+    alg = fedavg(trainer, len(sizes), 0.5)
+  else:
+    groups = [np.array(g) for g in ([0, 4], [1, 2], [3], [5, 6, 7])]
+    alg = fedseq(trainer, make_superclients(groups, np.array(sizes)), len(sizes), 0.5)
+  padded, bucketed = make_round(alg, "loop"), make_round(alg, "loop", batch_size=4)
+  a = b = alg.init(ref.init_params())
+  b = jax.tree.map(np.copy, b)
+  for r in range(3):
+    a, ma = padded(a, data, jax.random.key(r))
+    b, mb = bucketed(b, data, jax.random.key(r))
+  assert_trees_equal(a, b)
+  assert float(ma["train_loss"]) == float(mb["train_loss"])
+  caps = traces[1:]  # the padded round's one program first
+  assert traces[0] == 0 and len(caps) == len(set(caps)) and set(caps) <= {4, 8, 16, 32, 40}
+  assert len(caps) >= 2

@@ -14,9 +14,10 @@ compiles once):
           and, when B does not divide n, one batch of the n % B real
           examples, computed at that size.
   masked  clients of different sizes: every client is padded to the
-          largest client's steps and every batch to B; a padded step
-          leaves the whole state bit-identical and a padded example
-          contributes nothing to the loss.
+          largest client's steps (or to `FedData.size_cap`'s, which the
+          loop strategy sets per participant, bucketed) and every batch
+          to B; a padded step leaves the whole state bit-identical and a
+          padded example contributes nothing to the loss.
 
 SGD follows PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov):
 g = grad(loss) + grad_term(w); d = g + wd * w; buf = momentum * buf + d
@@ -91,8 +92,10 @@ def step_batches(data: FedData, client_id: jax.Array, key: jax.Array, *, local_e
                  batch_size: int, max_steps: int = 0):
   """Example indices, masks and augmentation keys of every local step of one client."""
   k_order, k_aug = jax.random.split(key)
-  idx, mask = client_schedule(k_order, data.client_idx[client_id],
-                              data.client_sizes[client_id], local_epochs, batch_size)
+  row, size = data.client_idx[client_id], data.client_sizes[client_id]
+  if data.size_cap:  # the schedule does not depend on the row's padding (client_schedule)
+    row, size = row[:data.size_cap], jnp.minimum(size, data.size_cap)
+  idx, mask = client_schedule(k_order, row, size, local_epochs, batch_size)
   # Keyed by (epoch, step in epoch) so padding a client changes no real step.
   spe = idx.shape[0] // local_epochs
   step_keys = jax.vmap(lambda t: jax.random.fold_in(

@@ -127,23 +127,38 @@ def round_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return k_sample, k_train
 
 
-def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: int = 0):
+def make_round(alg: Algorithm, strategy: str, mesh: Mesh | None = None, chunk: int = 0,
+               batch_size: int = 0):
   """round(state, data, key) -> (state, metrics) under `strategy`.
 
   With a `mesh` (vmap strategy), participants and per-client state are
   sharded over its `clients` axis (core/sharding.py). `chunk` > 0 vmaps
   the cohort in chunks of that many participants (`lax.map` with a batch
-  size) when a whole cohort's activations do not fit. The incoming state is
-  donated: its buffers (K-row per-client state included) are updated in
-  place, so the caller must use the returned state, not the one passed in.
+  size) when a whole cohort's activations do not fit. `batch_size` > 0
+  (loop strategy, clients of different sizes): each participant runs only
+  its bucket's steps (see `step_bucket`) instead of the largest client's.
+  The incoming state is donated: its buffers (K-row per-client state
+  included) are updated in place, so the caller must use the returned
+  state, not the one passed in.
   """
   if strategy == "vmap":
     return _vmap_round(alg, mesh, chunk)
   if mesh is not None:
     raise ValueError("a device mesh needs the vmap strategy")
   if strategy == "loop":
-    return _loop_round(alg)
+    return _loop_round(alg, batch_size)
   raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def step_bucket(size: int, batch_size: int, max_size: int) -> int:
+  """The size cap of a participant whose largest client holds `size` examples.
+
+  Its steps per epoch, ceil(size / B), rounded up to a power of two, times B
+  (at most `max_size`): a run compiles at most 1 + ceil(log2(ceil(max_size /
+  B))) participant programs, and a client runs fewer than twice its steps.
+  """
+  steps = max(-(-size // batch_size), 1)
+  return min(max_size, (1 << (steps - 1).bit_length()) * batch_size)
 
 
 def _vmap_round(alg: Algorithm, mesh: Mesh | None, chunk: int):
@@ -172,7 +187,19 @@ def _vmap_round(alg: Algorithm, mesh: Mesh | None, chunk: int):
   return round_fn
 
 
-def _loop_round(alg: Algorithm):
+def _bucketed(alg: Algorithm, data, cohort, batch_size: int) -> list:
+  """Each participant's data with its size cap (`step_bucket`); `data` itself when every
+  client has the same size or bucketing is off. One host read of the cohort per round."""
+  n = jax.tree.leaves(cohort)[0].shape[0]
+  if not batch_size or data.equal_sizes or not hasattr(data, "client_sizes"):
+    return [data] * n
+  sizes = np.append(np.asarray(data.client_sizes), 0)  # padding ids (K) hold nothing
+  ids = np.minimum(np.asarray(alg.clients_of(cohort)).reshape(n, -1), len(sizes) - 1)
+  caps = [step_bucket(int(sizes[row].max()), batch_size, data.max_client_size) for row in ids]
+  return [data.replace(size_cap=cap) for cap in caps]
+
+
+def _loop_round(alg: Algorithm, batch_size: int):
   """Sampling and aggregation jitted; participants one after another through one jitted update."""
 
   @jax.jit
@@ -212,12 +239,13 @@ def _loop_round(alg: Algorithm):
     n = jax.tree.leaves(cohort)[0].shape[0]
     if chain is not None:
       on, start = chain(state)
+    inputs = _bucketed(alg, data, cohort, batch_size)
     outs = None
     for i in range(n):
       if chain is None:
-        out = update(state, data, cohort, i, k_train)
+        out = update(state, inputs[i], cohort, i, k_train)
       else:
-        out = link(state, data, cohort, i, k_train, on, start)
+        out = link(state, inputs[i], cohort, i, k_train, on, start)
         start = out.params
       outs = first(n, out) if outs is None else put(outs, i, out)
     return aggregate(state, cohort, outs)

@@ -24,6 +24,9 @@ class FedData:
   # Static: every client holds exactly max_client_size examples (e.g. the paper's
   # 100 per client). The engine then computes each batch at its real size.
   equal_sizes: bool = flax.struct.field(pytree_node=False, default=False)
+  # Static: the clients trained in this call hold at most this many examples, so the
+  # engine schedules only ceil(size_cap / B) steps per epoch (0: max_client_size).
+  size_cap: int = flax.struct.field(pytree_node=False, default=0)
 
   @property
   def num_clients(self) -> int:

@@ -391,7 +391,7 @@ def build(config, stream=None, superclients=None, *, model=None,
   mesh = (_checked(lambda: make_mesh(config.mesh.num_devices),
                    {"num_devices": "config.mesh.num_devices"}) if strategy == "vmap" else None)
   fed_data = globalize(fed_data, mesh)  # several processes: one global copy, converted once
-  round_fn = make_round(algorithm, strategy, mesh, config.engine.chunk)
+  round_fn = make_round(algorithm, strategy, mesh, config.engine.chunk, config.client.batch_size)
   if config.engine.client_state == "host":
     if jax.process_count() > 1:
       raise InputError("engine.client_state=host is for single-process runs")
