@@ -191,7 +191,7 @@ def _bucketed(alg: Algorithm, data, cohort, batch_size: int) -> list:
   """Each participant's data with its size cap (`step_bucket`); `data` itself when every
   client has the same size or bucketing is off. One host read of the cohort per round."""
   n = jax.tree.leaves(cohort)[0].shape[0]
-  if not batch_size or data.equal_sizes or not hasattr(data, "client_sizes"):
+  if not batch_size or getattr(data, "equal_sizes", True):  # (data other than FedData: as is)
     return [data] * n
   sizes = np.append(np.asarray(data.client_sizes), 0)  # padding ids (K) hold nothing
   ids = np.minimum(np.asarray(alg.clients_of(cohort)).reshape(n, -1), len(sizes) - 1)
