@@ -15,6 +15,9 @@ Sections, in order, each skipped (and marked so) once `--budget_s` is spent:
             bfloat16: compile s, s/round, compiled memory, FLOP/s and the
             fraction of peak, and the projected wall time of a 10,000-round
             CIFAR-10 run (compile + rounds + formation; evaluation excluded);
+  conv_impl FedAvg's float32 round again with im2col convolutions (the rounds
+            above use `auto`: lax.conv off CPU), right after FedAvg's point:
+            which convolution is faster under vmap on this device;
   formation FedSeq's superclient formation for K = 500 at 10 pre-training
             epochs (timed as part of the first FedSeq build);
   grid      the projected wall time of the paper's 60-run grid (10
@@ -51,6 +54,7 @@ import numpy as np
 from benchmarks import flops as flops_lib
 from benchmarks.timing import quiet_logs, time_rounds
 from fedjax_seq.algorithms.registry import ALGORITHMS
+from fedjax_seq.models.registry import default_conv_impl
 from fedjax_seq.training import experiment as experiment_lib
 
 FLAGS = flags.FLAGS
@@ -134,6 +138,25 @@ def top_ops(trace_dir: str, n: int = 10) -> list[dict]:
            "share": round(ns / total, 4)} for name, ns in totals.most_common(n)]
 
 
+def time_im2col(out: dict, budget: "Budget", save) -> None:
+  """FedAvg's float32 round with im2col convolutions, next to its `auto` point."""
+  auto = out["rounds"].get("fedavg/float32", {})
+  if FLAGS.tiny:
+    out["conv_impl"] = {"skipped": "tiny: the MLP has no convolution"}
+  elif not budget.left():
+    out["conv_impl"] = {"skipped": "budget"}
+  else:
+    config = paper_config("fedavg", "float32")
+    config.model.conv_impl = "im2col"
+    try:
+      out["conv_impl"] = {"auto_is": default_conv_impl(jax.default_backend()),
+                          "auto_seconds_per_round": auto.get("seconds_per_round"),
+                          "im2col": time_point(config, experiment_lib.build(config))}
+    except Exception as e:  # pylint: disable=broad-except  (record it; measure the rest)
+      out["conv_impl"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+  save()
+
+
 class Budget:
   """Marks sections and points skipped once the time budget is spent."""
 
@@ -189,6 +212,8 @@ def run(out: dict, budget: Budget, save) -> None:
           point["compile_s"] + 10000 * point["seconds_per_round"] + formation_s, 1)
       out["rounds"][key] = point
       save()
+      if key == "fedavg/float32":
+        time_im2col(out, budget, save)
 
   f32 = {n: out["rounds"].get(f"{n}/float32", {}) for n in FAMILIES}
   if all("seconds_per_round" in p for p in f32.values()):
@@ -249,6 +274,11 @@ def markdown(out: dict) -> str:
     lines.append(f"| {name} | {dtype} | {p['seconds_per_round']:.4f} | {p['compile_s']:.1f} | "
                  f"{gib(p['compiled_bytes'])} | {p['flops_per_s'] / 1e12:.2f} | "
                  f"{p['fraction_of_peak']:.1%} | {p['projected_10k_rounds_s'] / 3600:.2f} |")
+  c = out.get("conv_impl", {})
+  if "im2col" in c:
+    lines += ["", f"FedAvg float32 round, convolutions: auto ({c['auto_is']}) "
+              f"{c['auto_seconds_per_round']} s, im2col {c['im2col']['seconds_per_round']} s "
+              f"(compile {c['im2col']['compile_s']} s, {gib(c['im2col']['compiled_bytes'])} GiB)."]
   if "formation" in out:
     f = out["formation"]
     lines += ["", f"Formation, K = {f['num_clients']}, {f['pretrain_epochs']} pre-training "

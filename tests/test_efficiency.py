@@ -45,6 +45,7 @@ def test_accelerator_tiny_writes_every_section(tmp_path):
   assert out["rounds"]["fedavg/float32"]["examples_per_round"] == 80
   assert out["formation"]["num_clients"] == 20 and out["formation"]["num_superclients"] >= 5
   assert out["grid"]["runs"] == 60 and out["grid"]["projected_s"] > 0
+  assert out["conv_impl"] == {"skipped": "tiny: the MLP has no convolution"}
   assert [out["scaling"][n]["clients_per_round"] for n in ("2", "4", "8")] == [2, 4, 8]
   assert len(out["profile"]) == 10 and all(op["ms"] > 0 for op in out["profile"])
   table = (tmp_path / "accelerator.md").read_text()
