@@ -40,6 +40,8 @@ import time
 
 from absl import app, flags
 
+from fedjax_seq import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("cases", ["lenet_cifar", "mlp_cifar", "mlp_fmnist"], "Cases to time (see above).")
 flags.DEFINE_integer("clients", 100, "Clients per round.")
@@ -139,7 +141,7 @@ def main(argv):
   del argv
   unknown = [c for c in FLAGS.cases if c not in CASES]
   if unknown:
-    raise app.UsageError(f"unknown case {unknown[0]!r}; valid: {', '.join(CASES)}")
+    cli.fail(f"unknown case {unknown[0]!r} in --cases; valid: {', '.join(CASES)}")
   for case in FLAGS.cases:
     out = {"case": case, "clients": FLAGS.clients, "examples_per_client": FLAGS.examples,
            **time_torch(case)}
