@@ -177,15 +177,20 @@ class Command:
     return DeadlineExceeded(f"{' '.join(self.args)}: {what}; it printed: "
                             f"{_tail(''.join(self.lines))!r}")
 
+  def _next_line(self, end: float, what: str) -> str | None:
+    """The next line (None: the stream closed); past the monotonic time `end`, kills the
+    command and raises DeadlineExceeded saying `what`."""
+    try:
+      return self._queue.get(timeout=max(end - time.monotonic(), 0))
+    except queue.Empty:
+      raise self._fail(what) from None
+
   def wait_for_line(self, prefix: str, timeout: float = DEADLINE) -> str:
     """The first new line starting with `prefix`; fails if the command ends or the deadline
     passes first (and kills it)."""
     end = time.monotonic() + timeout
     while True:
-      try:
-        line = self._queue.get(timeout=max(end - time.monotonic(), 0))
-      except queue.Empty:
-        raise self._fail(f"no line starting with {prefix!r} within {timeout} s") from None
+      line = self._next_line(end, f"no line starting with {prefix!r} within {timeout} s")
       if line is None:
         self.proc.wait()
         raise AssertionError(f"{' '.join(self.args)} exited ({self.proc.returncode}) before "
@@ -199,10 +204,7 @@ class Command:
     end = time.monotonic() + timeout
     rest = []
     while True:
-      try:
-        line = self._queue.get(timeout=max(end - time.monotonic(), 0))
-      except queue.Empty:
-        raise self._fail(f"did not finish within {timeout} s") from None
+      line = self._next_line(end, f"did not finish within {timeout} s")
       if line is None:
         break
       self.lines.append(line)
