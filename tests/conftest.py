@@ -1,10 +1,20 @@
-"""Test-session settings: one JAX compilation cache shared by the workers and the commands they run.
+"""Test-session settings: cheaper compilation, and one JAX compilation cache for the session.
 
-Many tests compile the same small rounds (in-process and through main.py);
-the persistent cache turns the repeats into loads, which shortens the suite
-(benchmarks/RESULTS.md, "Test-suite and command times"). A cache hit runs the
-same executable, so no number changes. Set before JAX is imported; pytest-xdist's
-workers and every subprocess inherit it; removed when the session ends.
+The suite's time is mostly XLA compiling hundreds of small programs, so:
+
+- XLA's backend (LLVM) optimises at level 1 instead of its default: the same
+  programs compile in about two thirds of the time and run as fast. It can
+  round float32 arithmetic differently, so tests compare formulations with
+  each other (loop = vmap, resumed = uninterrupted...) and with references at
+  tolerances, all under these flags; tests/test_bit_identity.py, which holds
+  the bytes of the defaults, computes them in commands run with the flags the
+  suite was started with (kept in FEDJAX_SEQ_TESTS_XLA_FLAGS). A level the
+  user sets in XLA_FLAGS is kept.
+- The persistent cache turns repeated compilations (in-process and through
+  main.py) into loads; a cache hit runs the same executable.
+
+Set before JAX is imported; pytest-xdist's workers and every subprocess
+inherit them; the cache is removed when the session ends.
 """
 
 import os
@@ -18,6 +28,11 @@ if _OWN:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedjax_seq_tests_jax_cache_")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+os.environ.setdefault("FEDJAX_SEQ_TESTS_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                      "--xla_backend_optimization_level=1"]).strip()
 
 import helpers  # noqa: E402  (after the cache settings: it imports JAX)
 

@@ -21,6 +21,10 @@ sampled values, and every round's loss as a float. So a new jax release
 says "numbers moved by 3e-07" (a warning) where the bytes differ, and fails
 only beyond RTOL, naming the largest relative difference found.
 
+The cases run in two commands, one per strategy (`--fingerprints`), with the
+XLA flags the suite was started with: tests/conftest.py lowers XLA's
+optimisation level for the rest of the suite, which can round differently.
+
 FedSeq-family cases read a fixed grouping (`fedseq.superclients_from`), so
 they do not depend on superclient formation. The published code's switches
 come from `configs/paper.published_code`. The ":unequal" cases split the
@@ -34,11 +38,13 @@ Regenerate all (only when a change of numbers is intended and explained):
   python tests/test_bit_identity.py --write
 """
 
+import functools
 import hashlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import warnings
 
 import jax
@@ -49,6 +55,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import helpers  # noqa: E402
 from configs import paper  # noqa: E402
 from fedjax_seq.training import experiment  # noqa: E402
 
@@ -145,7 +152,8 @@ def fingerprint(case: str, strategy: str, groups_file: str, exp=None) -> dict:
           "param_samples": [[float(p.flat[i]) for i in sample_positions(p.size)] for p in params],
           "state": sorted(digest(x) for x in jax.tree.leaves(state)),
           "losses": [l.tobytes().hex() for l in losses],
-          "loss_values": [float(l) for l in losses]}
+          "loss_values": [float(l) for l in losses],
+          "client_sizes": np.asarray(exp.data.client_sizes).tolist()}
 
 
 NUMBERS = ("param_sums", "param_sizes", "param_sumsqs", "param_samples", "loss_values")
@@ -191,41 +199,54 @@ def check(case: str, strategy: str, got: dict, expected: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def groups_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp("groups") / "groups.json"
-  path.write_text(json.dumps({"superclients": [{"clients": g} for g in GROUPS]}))
-  return str(path)
-
-
-@pytest.fixture(scope="module")
 def expected():
   with open(EXPECTED) as f:
     return json.load(f)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@functools.cache
+def computed(strategy: str) -> dict:
+  """Every case's fingerprint under `strategy`, from one command run with the XLA flags the
+  suite was started with: the suite's own flags (tests/conftest.py) compile faster but may
+  round differently, and these bytes are the defaults'."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "fingerprints.json")
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("FEDJAX_SEQ_TESTS_XLA_FLAGS", ""))
+    proc = helpers.python(__file__, "--fingerprints", strategy, out, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+      return json.load(f)
+
+
+# One worker computes each strategy's cases (one command each, in parallel with the other).
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.xdist_group(f"golden_{s}"))
+                                      for s in STRATEGIES])
 @pytest.mark.parametrize("case", list(CASES))
-def test_numbers_are_unchanged(case, strategy, groups_file, expected):
-  name, published, overrides = CASES[case]
-  exp = experiment.build(small_config(name, published, overrides, strategy, groups_file))
-  got = fingerprint(case, strategy, groups_file, exp)
+def test_numbers_are_unchanged(case, strategy, expected):
+  got = computed(strategy)[f"{case}/{strategy}"]
   check(case, strategy, got, expected)
   if case.endswith(":unequal"):
     # The clients really differ in size, so FairAvg's weighting is not FedAvg's: the two
     # cases' numbers differ (by far more than RTOL).
-    sizes = np.asarray(exp.data.client_sizes)
-    assert len(set(sizes.tolist())) > 1, sizes
+    assert len(set(got["client_sizes"])) > 1, got["client_sizes"]
+    name = CASES[case][0]
     other = expected[f"{'fedavg' if name == 'fairavg' else 'fairavg'}:unequal/{strategy}"]
     assert largest_relative_difference(got, other)[0] > 100 * RTOL
 
 
-def _fingerprints(cases) -> dict:
-  import tempfile  # pylint: disable=import-outside-toplevel
+def _fingerprints(cases, strategies=STRATEGIES) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "groups.json")
     with open(path, "w") as f:
       json.dump({"superclients": [{"clients": g} for g in GROUPS]}, f)
-    return {f"{c}/{s}": fingerprint(c, s, path) for c in cases for s in STRATEGIES}
+    return {f"{c}/{s}": fingerprint(c, s, path) for c in cases for s in strategies}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--fingerprints"]:
+  # What the test compares (tests/test_bit_identity.py --fingerprints STRATEGY OUT.json).
+  strategy, out_path = sys.argv[2:]
+  with open(out_path, "w") as f:
+    json.dump(_fingerprints(CASES, [strategy]), f)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
