@@ -45,6 +45,14 @@ def _no_command_outlives_its_test():
   helpers.kill_leftovers()
 
 
+def pytest_configure(config):
+  """Tests marked xdist_group must share one worker (a fixture computed once, one command's
+  results); pytest-xdist 3.8 marks them by a suffix of their id, which pytest 9 drops."""
+  if int(pytest.__version__.split(".")[0]) >= 9 and getattr(config.option, "dist", "") == "loadgroup":
+    raise pytest.UsageError("pytest-xdist 3.8 does not group tests under pytest 9: install the "
+                            "versions in constraints.txt (pytest<9)")
+
+
 def pytest_sessionfinish(session):
   """The process that made the cache (not an xdist worker) removes it."""
   if _OWN and not hasattr(session.config, "workerinput"):

@@ -9,6 +9,8 @@
   polling loop under a deadline. A command that overruns is killed with
   its whole process group (main.py re-executes itself; a sweep starts
   main.py) and the test fails saying which command and what it printed.
+- `call_at_xla_default`: a call compiled at XLA's default optimisation
+  level, for claims of bit-for-bit equality between two programs.
 - `assert_trees_equal` / `assert_trees_close`: two pytrees, leaf by leaf,
   refusing trees of different structure (a bare zip stops at the shorter).
 """
@@ -33,6 +35,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # and less than the per-test timeout in setup.cfg, so a hang fails with this file's
 # message (the command and its output) rather than pytest-timeout's.
 DEADLINE = 300
+
+
+# XLA's own backend optimisation level. The suite compiles at a lower one (tests/conftest.py);
+# a test whose claim is bit-for-bit equality of two different programs compiles them at this.
+XLA_DEFAULT_CODEGEN = {"xla_backend_optimization_level": 3}
+
+
+def call_at_xla_default(fn, *args):
+  """fn(*args), jitted and compiled at XLA's default backend optimisation level."""
+  return jax.jit(fn).lower(*args).compile(compiler_options=XLA_DEFAULT_CODEGEN)(*args)
 
 
 # ----------------------------------------------------------------------- the tiny run
