@@ -593,7 +593,7 @@ class _Study:
   def _evaluator(self):
     """(evaluator, its parameters' tree structure, leaf names, the clients, strategy)."""
     import jax  # pylint: disable=import-outside-toplevel
-    from fedjax_seq.core import engine  # pylint: disable=import-outside-toplevel
+    from fedjax_seq.training import components  # pylint: disable=import-outside-toplevel
     from fedjax_seq.data.federated import Preprocess, make_fed_data  # pylint: disable=import-outside-toplevel
     from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
     ds = self.fed.ds
@@ -602,7 +602,8 @@ class _Study:
     paths, treedef = jax.tree_util.tree_flatten_with_path(ev.init)
     leaf_names = [jax.tree_util.keystr(p) for p, _ in paths]
     data = make_fed_data(ds.train_images, ds.train_labels, self.fed.clients)
-    return ev, treedef, leaf_names, data, engine.resolve_strategy(self.config.engine.strategy)
+    strategy = components.strategy(self.config, ev.model, ev.image_shape)
+    return ev, treedef, leaf_names, data, strategy
 
   def _client_models(self, e: int, ev, treedef, leaf_names, data, strategy):
     """Every client's evaluator after e epochs: loaded from a saved study, or pre-trained."""
@@ -625,7 +626,7 @@ class _Study:
       _say(stream, f"E={e}: pre-trained {done}/{total} clients ({time.time() - t0:.0f} s)")
 
     from fedjax_seq.training import superclients as forming  # pylint: disable=import-outside-toplevel
-    models = forming.pretrain(self.config, ev, data, e, strategy, progress)
+    models = forming.pretrain(self.config, ev, data, e, progress)
     self.report["pretrained"].append(e)
     if self.options.save_models:
       path = os.path.join(self.workdir, "models", f"e{e}.npz")

@@ -254,16 +254,17 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
 STRATEGIES = ("auto", "vmap", "loop")
 
 
-def resolve_strategy(strategy: str, backend: str | None = None) -> str:
-  """"auto": vmap across clients on accelerators, a per-client loop on CPU.
+def resolve_strategy(strategy: str, *, convolutional: bool, backend: str | None = None) -> str:
+  """"auto": vmap across clients, except for a convolutional model on CPU: a per-client loop.
 
-  On XLA:CPU vmapping per-client weights turns convolutions into slow grouped
-  convolutions and dense layers into batched matmuls that are no faster than
-  a loop of jitted per-client updates (benchmarks/RESULTS.md).
+  On XLA:CPU vmapping per-client weights turns convolutions into grouped
+  convolutions, slower than a loop of per-client updates; a dense model's
+  batched matmuls are faster than the loop (benchmarks/RESULTS.md).
   """
   backend = backend or jax.default_backend()
   if strategy == "auto":  # several processes share one mesh, which needs vmap
-    return "loop" if backend == "cpu" and jax.process_count() == 1 else "vmap"
+    loop = backend == "cpu" and convolutional and jax.process_count() == 1
+    return "loop" if loop else "vmap"
   return strategy
 
 

@@ -57,6 +57,18 @@ def uses_lax_conv(model, image_shape: tuple[int, ...]) -> bool:
   return _has_lax_conv(model, tuple(image_shape))
 
 
+def is_convolutional(model, image_shape: tuple[int, ...]) -> bool:
+  """Whether the model convolves, however its convolutions are computed.
+
+  A module with a `conv_impl` field (the registered convolutional models) is
+  traced with `lax.conv`, so its im2col convolutions count; any other flax
+  module as it is (e.g. `flax.linen.Conv`).
+  """
+  if "conv_impl" in getattr(model, "__dataclass_fields__", {}):
+    model = model.clone(conv_impl="xla")
+  return _has_lax_conv(model, tuple(image_shape))
+
+
 def check_options(name: str, *, conv_impl: str = "auto", compute_dtype: str = "float32",
                   hyperparameters: dict | None = None) -> registry.Model:
   """Refuses settings the model's entry does not take, before anything is built."""

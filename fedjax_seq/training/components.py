@@ -10,7 +10,7 @@ import ml_collections
 
 from fedjax_seq import registry
 from fedjax_seq.core import engine
-from fedjax_seq.models import get_model, uses_lax_conv
+from fedjax_seq.models import get_model, is_convolutional, uses_lax_conv
 
 
 def section(config_group: ml_collections.ConfigDict, name: str, defaults: dict) -> dict:
@@ -37,6 +37,12 @@ def build_model(config, name: str, num_classes: int) -> tuple[Any, tuple[str, ..
                      compute_dtype=config.model.compute_dtype,
                      hyperparameters=section(config.model, name, entry.hyperparameters))
   return module, entry.classifier_layers(module)
+
+
+def strategy(config, model, image_shape: tuple[int, ...]) -> str:
+  """config.engine.strategy for this model on this backend ("auto" resolved: vmap or loop)."""
+  return engine.resolve_strategy(config.engine.strategy,
+                                 convolutional=is_convolutional(model, image_shape))
 
 
 def make_trainer(config, model, preprocess, local_epochs: int,

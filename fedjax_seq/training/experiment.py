@@ -339,8 +339,7 @@ def groups_from_file(config, path: str, fed: Federated) -> tuple[list[np.ndarray
   return groups, info
 
 
-def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess, strategy: str,
-                  stream, superclients, model) -> tuple[list[np.ndarray], dict]:
+def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess, stream, superclients, model) -> tuple[list[np.ndarray], dict]:
   """(groups, summary): from a previous run, a grouping file, or formed now."""
   if superclients is not None:  # resuming: formation is not redone
     return superclients
@@ -349,7 +348,7 @@ def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess,
   evaluator = None if config.fedseq.evaluator_model else model  # "": the training model
   try:
     return superclients_lib.form_superclients(config, fed.ds, data, fed.clients, fed.exemplars,
-                                              preprocess, strategy, stream, evaluator)
+                                              preprocess, stream, evaluator)
   except ValueError as e:  # infeasible constraints, a user grouping's bad output
     raise InputError(f"config.fedseq: {e}") from None
 
@@ -374,10 +373,10 @@ def build(config, stream=None, superclients=None, *, model=None,
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
   trainer = components.make_trainer(config, module, preprocess, config.client.local_epochs,
                                     ds.image_shape)
-  strategy = engine.resolve_strategy(config.engine.strategy)
+  strategy = components.strategy(config, module, ds.image_shape)
   info = None
   if participants == "superclients":
-    groups, info = _superclients(config, fed, fed_data, preprocess, strategy, stream,
+    groups, info = _superclients(config, fed, fed_data, preprocess, stream,
                                  superclients, (module, classifier))
     superclients = fedseq_lib.make_superclients(groups, np.asarray(fed_data.client_sizes))
   algorithm = build_algorithm(config, trainer, fed_data.num_clients, superclients)

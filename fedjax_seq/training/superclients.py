@@ -45,10 +45,12 @@ def evaluator(config, ds: FederatedArrays, preprocess: Preprocess,
                    k_train, preprocess, ds.image_shape)
 
 
-def pretrain(config, ev: Evaluator, data: FedData, epochs: int, strategy: str,
+def pretrain(config, ev: Evaluator, data: FedData, epochs: int,
              progress: Callable[[int, int], None] | None = None):
-  """Every client's evaluator after `epochs` local epochs on its own data (leading axis K)."""
+  """Every client's evaluator after `epochs` local epochs on its own data (leading axis K),
+  vmapped or looped as the evaluator's strategy says (`components.strategy`)."""
   trainer = components.make_trainer(config, ev.model, ev.preprocess, epochs, ev.image_shape)
+  strategy = components.strategy(config, ev.model, ev.image_shape)
   return formation.pretrain(trainer, ev.init, data, ev.key, strategy=strategy,
                             chunk=config.fedseq.pretrain_chunk, progress=progress)
 
@@ -92,7 +94,7 @@ def form(config, sizes: np.ndarray, num_classes: int, *, grouping: str, measure:
 
 
 def form_superclients(config, ds: FederatedArrays, data: FedData, clients: list[np.ndarray],
-                      exemplars: np.ndarray, preprocess: Preprocess, strategy: str,
+                      exemplars: np.ndarray, preprocess: Preprocess,
                       stream: TextIO | None = None, model=None) -> tuple[list[np.ndarray], dict]:
   """A training run's formation: pre-train, represent, group; (groups, summary)."""
   f = config.fedseq
@@ -108,7 +110,7 @@ def form_superclients(config, ds: FederatedArrays, data: FedData, clients: list[
         print(f"superclient formation: pre-trained {done}/{total} clients "
               f"({time.time() - start:.0f} s)", file=stream, flush=True)
 
-    models = pretrain(config, ev, data, f.pretrain_epochs, strategy, progress)
+    models = pretrain(config, ev, data, f.pretrain_epochs, progress)
     evaluation_ = evaluation(config, ev, models, ds, exemplars)
   groups, reps = form(config, sizes, ds.num_classes, grouping=f.grouping, measure=f.measure,
                       representation=f.representation, evaluation_=evaluation_)
