@@ -48,7 +48,7 @@ def test_build_gives_main_pys_rounds(tmp_path):
   """Rounds 1..3 through the API equal a main.py run of the same config, bit for bit."""
   c = small()
   exp = fedjax_seq.build(c)
-  assert exp.data.num_clients == 20 and exp.strategy == "loop"
+  assert exp.data.num_clients == 20 and exp.strategy == "vmap"  # a dense model: vmap on CPU too
   assert exp.algorithm.init is not None and exp.model.apply is not None
   state = exp.state
   for r in range(1, 4):

@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from fedjax_seq.models import get_model, initialize
+from fedjax_seq.core import engine
+from fedjax_seq.models import get_model, initialize, is_convolutional
 
 
 @pytest.mark.parametrize("shape,fc1_in", [((3, 32, 32, 3), 1600), ((3, 28, 28, 1), 1024)])
@@ -51,6 +53,37 @@ def test_jitted_init_is_the_eager_init_bit_for_bit(name, shape):
     assert jax.tree.structure(eager) == jax.tree.structure(jitted)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
       assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+class _DenseNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+class _ConvNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.Conv(4, (3, 3))(x).reshape(x.shape[0], -1))
+
+
+def test_strategy_auto_loops_only_for_convolutional_models_on_cpu():
+  """The registered LeNet convolves under either conv_impl (im2col has no lax.conv), a user's
+  flax Conv too; the MLP and a user's dense module do not. auto: a loop only for those on CPU."""
+  shape = (8, 8, 1)
+  found = {"lenet im2col": is_convolutional(get_model("lenet", 4, conv_impl="im2col"), shape),
+           "lenet xla": is_convolutional(get_model("lenet", 4, conv_impl="xla"), shape),
+           "user conv": is_convolutional(_ConvNet(), shape),
+           "mlp": is_convolutional(get_model("mlp", 4), shape),
+           "user dense": is_convolutional(_DenseNet(), shape)}
+  assert found == {"lenet im2col": True, "lenet xla": True, "user conv": True, "mlp": False,
+                   "user dense": False}
+  resolve = engine.resolve_strategy
+  assert resolve("auto", convolutional=True, backend="cpu") == "loop"
+  assert resolve("auto", convolutional=False, backend="cpu") == "vmap"
+  assert resolve("auto", convolutional=True, backend="gpu") == "vmap"
+  assert resolve("loop", convolutional=False, backend="gpu") == "loop"
+  assert resolve("vmap", convolutional=True, backend="cpu") == "vmap"
 
 
 def test_unknown_model_lists_valid_names():

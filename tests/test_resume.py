@@ -193,14 +193,14 @@ def test_run_json_records_every_start(ctrl_c_run):
   checkpoint = ctrl_c_run["checkpoints"][-1]
   assert ctrl_c_run["rerun"] is not None and ctrl_c_run["rerun"].returncode == 0
   # fraction 0.25 of 20 clients
-  assert "strategy loop, 5 clients per round" in ctrl_c_run["stderr"]
+  assert "strategy vmap, 5 clients per round" in ctrl_c_run["stderr"]
   starts = json.loads((workdir / "run.json").read_text())
   assert [s["resumed_after_round"] for s in starts] == [0, checkpoint]
   first = starts[0]
   assert first["command"][0] == "main.py" and f"--workdir={workdir}" in first["command"]
   assert "--config.rounds=100000" in first["command"]
   assert f"--config.rounds={checkpoint + 2}" in starts[1]["command"]
-  assert (first["strategy"], first["conv_impl"], first["unroll"]) == ("loop", None, 1)
+  assert (first["strategy"], first["conv_impl"], first["unroll"]) == ("vmap", None, 1)
   assert (first["participants"], first["participants_per_round"]) == ("clients", 5)
   assert first["mesh_devices"] == 1
   assert (first["backend"], first["device_kinds"], first["device_count"]) == ("cpu", ["cpu"], 1)
