@@ -113,7 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.num_devices = 0       # devices of the `clients` mesh axis (0: all local); vmap strategy only
 
   c.engine = ml_collections.ConfigDict()
-  c.engine.strategy = "auto"   # auto | vmap | loop (auto: vmap; loop for conv models on CPU)
+  c.engine.strategy = "auto"   # auto | vmap | loop (auto: vmap; on CPU loop: conv/ragged)
   c.engine.unroll = "auto"     # local-step loop unroll: auto (lax.conv models on CPU) or an int
   c.engine.chunk = 0           # vmap strategy: participants vmapped per chunk (0: the whole cohort)
   c.engine.client_state = "device"  # per-client state (SCAFFOLD/FedDyn): device | host (only a round's rows move)

@@ -602,7 +602,7 @@ class _Study:
     paths, treedef = jax.tree_util.tree_flatten_with_path(ev.init)
     leaf_names = [jax.tree_util.keystr(p) for p, _ in paths]
     data = make_fed_data(ds.train_images, ds.train_labels, self.fed.clients)
-    strategy = components.strategy(self.config, ev.model, ev.image_shape)
+    strategy = components.strategy(self.config, ev.model, ev.image_shape, data)
     return ev, treedef, leaf_names, data, strategy
 
   def _client_models(self, e: int, ev, treedef, leaf_names, data, strategy):

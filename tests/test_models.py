@@ -67,9 +67,10 @@ class _ConvNet(nn.Module):
     return nn.Dense(3)(nn.Conv(4, (3, 3))(x).reshape(x.shape[0], -1))
 
 
-def test_strategy_auto_loops_only_for_convolutional_models_on_cpu():
+def test_strategy_auto_loops_on_cpu_for_convolutional_models_and_ragged_clients():
   """The registered LeNet convolves under either conv_impl (im2col has no lax.conv), a user's
-  flax Conv too; the MLP and a user's dense module do not. auto: a loop only for those on CPU."""
+  flax Conv too; the MLP and a user's dense module do not. auto: on CPU a loop for those or
+  for clients of different sizes, else vmap."""
   shape = (8, 8, 1)
   found = {"lenet im2col": is_convolutional(get_model("lenet", 4, conv_impl="im2col"), shape),
            "lenet xla": is_convolutional(get_model("lenet", 4, conv_impl="xla"), shape),
@@ -78,12 +79,15 @@ def test_strategy_auto_loops_only_for_convolutional_models_on_cpu():
            "user dense": is_convolutional(_DenseNet(), shape)}
   assert found == {"lenet im2col": True, "lenet xla": True, "user conv": True, "mlp": False,
                    "user dense": False}
-  resolve = engine.resolve_strategy
-  assert resolve("auto", convolutional=True, backend="cpu") == "loop"
-  assert resolve("auto", convolutional=False, backend="cpu") == "vmap"
-  assert resolve("auto", convolutional=True, backend="gpu") == "vmap"
-  assert resolve("loop", convolutional=False, backend="gpu") == "loop"
-  assert resolve("vmap", convolutional=True, backend="cpu") == "vmap"
+  def resolve(strategy, convolutional, equal_sizes, backend):
+    return engine.resolve_strategy(strategy, convolutional=convolutional,
+                                   equal_sizes=equal_sizes, backend=backend)
+  assert resolve("auto", True, True, "cpu") == "loop"
+  assert resolve("auto", False, True, "cpu") == "vmap"
+  assert resolve("auto", False, False, "cpu") == "loop"  # ragged clients: bucketed loop
+  assert resolve("auto", True, False, "gpu") == "vmap"
+  assert resolve("loop", False, True, "gpu") == "loop"
+  assert resolve("vmap", True, False, "cpu") == "vmap"
 
 
 def test_unknown_model_lists_valid_names():

@@ -254,16 +254,21 @@ def make_local_trainer(apply_fn: Callable, preprocess: Preprocess, sgd: SGD, *,
 STRATEGIES = ("auto", "vmap", "loop")
 
 
-def resolve_strategy(strategy: str, *, convolutional: bool, backend: str | None = None) -> str:
-  """"auto": vmap across clients, except for a convolutional model on CPU: a per-client loop.
+def resolve_strategy(strategy: str, *, convolutional: bool, equal_sizes: bool,
+                     backend: str | None = None) -> str:
+  """"auto": vmap across clients, except on CPU for a convolutional model or for clients of
+  different sizes: a per-client loop.
 
   On XLA:CPU vmapping per-client weights turns convolutions into grouped
   convolutions, slower than a loop of per-client updates; a dense model's
-  batched matmuls are faster than the loop (benchmarks/RESULTS.md).
+  batched matmuls are faster than the loop when every client computes the
+  same steps, but vmap pads every client to the largest one's steps, where
+  the loop runs each client for its size bucket's (benchmarks/RESULTS.md).
   """
   backend = backend or jax.default_backend()
   if strategy == "auto":  # several processes share one mesh, which needs vmap
-    loop = backend == "cpu" and convolutional and jax.process_count() == 1
+    loop = (backend == "cpu" and (convolutional or not equal_sizes)
+            and jax.process_count() == 1)
     return "loop" if loop else "vmap"
   return strategy
 

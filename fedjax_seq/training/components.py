@@ -39,10 +39,12 @@ def build_model(config, name: str, num_classes: int) -> tuple[Any, tuple[str, ..
   return module, entry.classifier_layers(module)
 
 
-def strategy(config, model, image_shape: tuple[int, ...]) -> str:
-  """config.engine.strategy for this model on this backend ("auto" resolved: vmap or loop)."""
+def strategy(config, model, image_shape: tuple[int, ...], data) -> str:
+  """config.engine.strategy for this model, these clients (a FedData) and this backend
+  ("auto" resolved: vmap or loop)."""
   return engine.resolve_strategy(config.engine.strategy,
-                                 convolutional=is_convolutional(model, image_shape))
+                                 convolutional=is_convolutional(model, image_shape),
+                                 equal_sizes=data.equal_sizes)
 
 
 def make_trainer(config, model, preprocess, local_epochs: int,

@@ -373,7 +373,7 @@ def build(config, stream=None, superclients=None, *, model=None,
   preprocess = Preprocess(ds.mean, ds.std, ds.augment and config.data.augment)
   trainer = components.make_trainer(config, module, preprocess, config.client.local_epochs,
                                     ds.image_shape)
-  strategy = components.strategy(config, module, ds.image_shape)
+  strategy = components.strategy(config, module, ds.image_shape, fed_data)
   info = None
   if participants == "superclients":
     groups, info = _superclients(config, fed, fed_data, preprocess, stream,

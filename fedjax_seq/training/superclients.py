@@ -50,7 +50,7 @@ def pretrain(config, ev: Evaluator, data: FedData, epochs: int,
   """Every client's evaluator after `epochs` local epochs on its own data (leading axis K),
   vmapped or looped as the evaluator's strategy says (`components.strategy`)."""
   trainer = components.make_trainer(config, ev.model, ev.preprocess, epochs, ev.image_shape)
-  strategy = components.strategy(config, ev.model, ev.image_shape)
+  strategy = components.strategy(config, ev.model, ev.image_shape, data)
   return formation.pretrain(trainer, ev.init, data, ev.key, strategy=strategy,
                             chunk=config.fedseq.pretrain_chunk, progress=progress)
 
