@@ -8,8 +8,10 @@ The suite's time is mostly XLA compiling hundreds of small programs, so:
   each other (loop = vmap, resumed = uninterrupted...) and with references at
   tolerances, all under these flags; tests/test_bit_identity.py, which holds
   the bytes of the defaults, computes them in commands run with the flags the
-  suite was started with (kept in FEDJAX_SEQ_TESTS_XLA_FLAGS). A level the
-  user sets in XLA_FLAGS is kept.
+  suite was started with (kept in FEDJAX_SEQ_TESTS_XLA_FLAGS), and a test
+  that compares two different programs bit for bit compiles them at XLA's
+  default level (helpers.call_at_xla_default). A level the user sets in
+  XLA_FLAGS is kept.
 - The persistent cache turns repeated compilations (in-process and through
   main.py) into loads; a cache hit runs the same executable.
 
@@ -48,7 +50,8 @@ def _no_command_outlives_its_test():
 def pytest_configure(config):
   """Tests marked xdist_group must share one worker (a fixture computed once, one command's
   results); pytest-xdist 3.8 marks them by a suffix of their id, which pytest 9 drops."""
-  if int(pytest.__version__.split(".")[0]) >= 9 and getattr(config.option, "dist", "") == "loadgroup":
+  pytest_9 = int(pytest.__version__.split(".")[0]) >= 9
+  if pytest_9 and getattr(config.option, "dist", "") == "loadgroup":
     raise pytest.UsageError("pytest-xdist 3.8 does not group tests under pytest 9: install the "
                             "versions in constraints.txt (pytest<9)")
 

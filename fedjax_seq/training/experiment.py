@@ -339,7 +339,8 @@ def groups_from_file(config, path: str, fed: Federated) -> tuple[list[np.ndarray
   return groups, info
 
 
-def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess, stream, superclients, model) -> tuple[list[np.ndarray], dict]:
+def _superclients(config, fed: Federated, data: FedData, preprocess: Preprocess, stream,
+                  superclients, model) -> tuple[list[np.ndarray], dict]:
   """(groups, summary): from a previous run, a grouping file, or formed now."""
   if superclients is not None:  # resuming: formation is not redone
     return superclients
