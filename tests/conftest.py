@@ -3,7 +3,8 @@
 The suite's time is mostly XLA compiling hundreds of small programs, so:
 
 - XLA's backend (LLVM) optimises at level 1 instead of its default: the same
-  programs compile in about two thirds of the time and run as fast. It can
+  programs compile faster and run about as fast (benchmarks/RESULTS.md,
+  section 10). It can
   round float32 arithmetic differently, so tests compare formulations with
   each other (loop = vmap, resumed = uninterrupted...) and with references at
   tolerances, all under these flags; tests/test_bit_identity.py, which holds
