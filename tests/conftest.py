@@ -2,22 +2,24 @@
 
 The suite's time is mostly XLA compiling hundreds of small programs, so:
 
-- XLA's backend (LLVM) optimises at level 1 instead of its default: the same
-  programs compile faster and run about as fast (benchmarks/RESULTS.md,
-  section 10). It can
-  round float32 arithmetic differently, so tests compare formulations with
-  each other (loop = vmap, resumed = uninterrupted...) and with references at
+- XLA's backend (LLVM) optimises at level 0 without its expensive passes
+  instead of its default level 3: the same programs compile faster and run
+  slower (benchmarks/RESULTS.md, section 10). The few long runs (real data
+  over tens of rounds) run as commands with the XLA flags the suite was
+  started with (helpers.with_user_xla_flags). The level can round float32
+  arithmetic differently, so tests compare formulations with each other
+  (loop = vmap, resumed = uninterrupted...) and with references at
   tolerances, all under these flags; tests/test_bit_identity.py, which holds
-  the bytes of the defaults, computes them in commands run with the flags the
-  suite was started with (kept in FEDJAX_SEQ_TESTS_XLA_FLAGS), and a test
-  that compares two different programs bit for bit compiles them at XLA's
-  default level (helpers.call_at_xla_default). A level the user sets in
-  XLA_FLAGS is kept.
+  the bytes of the defaults, computes them in commands run with the user's
+  flags, and a test that compares two different programs bit for bit
+  compiles them at XLA's default level (helpers.call_at_xla_default). A
+  level the user sets in XLA_FLAGS is kept.
 - The persistent cache turns repeated compilations (in-process and through
   main.py) into loads; a cache hit runs the same executable.
 
 Set before JAX is imported; pytest-xdist's workers and every subprocess
-inherit them; the cache is removed when the session ends.
+inherit them (the user's own XLA flags are kept in FEDJAX_SEQ_TESTS_XLA_FLAGS);
+the cache is removed when the session ends.
 """
 
 import os
@@ -35,7 +37,8 @@ if _OWN:
 os.environ.setdefault("FEDJAX_SEQ_TESTS_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
-                                      "--xla_backend_optimization_level=1"]).strip()
+                                      "--xla_backend_optimization_level=0",
+                                      "--xla_llvm_disable_expensive_passes=true"]).strip()
 
 import helpers  # noqa: E402  (after the cache settings: it imports JAX)
 

@@ -10,7 +10,9 @@
   its whole process group (main.py re-executes itself; a sweep starts
   main.py) and the test fails saying which command and what it printed.
 - `call_at_xla_default`: a call compiled at XLA's default optimisation
-  level, for claims of bit-for-bit equality between two programs.
+  level, for claims of bit-for-bit equality between two programs;
+  `with_user_xla_flags`: the environment of a command that runs with the
+  XLA flags the suite was started with (long runs, the golden bytes).
 - `assert_trees_equal` / `assert_trees_close`: two pytrees, leaf by leaf,
   refusing trees of different structure (a bare zip stops at the shorter).
 """
@@ -37,14 +39,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 300
 
 
-# XLA's own backend optimisation level. The suite compiles at a lower one (tests/conftest.py);
-# a test whose claim is bit-for-bit equality of two different programs compiles them at this.
-XLA_DEFAULT_CODEGEN = {"xla_backend_optimization_level": 3}
+# XLA's own backend code generation. The suite compiles with cheaper settings (tests/conftest.py);
+# a test whose claim is bit-for-bit equality of two different programs compiles them with these.
+XLA_DEFAULT_CODEGEN = {"xla_backend_optimization_level": 3,
+                       "xla_llvm_disable_expensive_passes": False}
 
 
 def call_at_xla_default(fn, *args):
   """fn(*args), jitted and compiled at XLA's default backend optimisation level."""
   return jax.jit(fn).lower(*args).compile(compiler_options=XLA_DEFAULT_CODEGEN)(*args)
+
+
+def with_user_xla_flags(env=None) -> dict:
+  """`env` (default: this process's) with XLA_FLAGS as the user started the suite: for a
+  command whose numbers must be the defaults' (the golden bytes) or that runs long enough
+  for the suite's cheaper compilation to cost more than it saves (tests/conftest.py)."""
+  env = dict(os.environ if env is None else env)
+  env["XLA_FLAGS"] = os.environ.get("FEDJAX_SEQ_TESTS_XLA_FLAGS", "")
+  return env
 
 
 # ----------------------------------------------------------------------- the tiny run

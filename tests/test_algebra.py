@@ -14,16 +14,13 @@ import numpy as np
 import pytest
 
 import reference as ref
-from helpers import assert_trees_close, assert_trees_equal, tiny_config
+from helpers import assert_trees_close, assert_trees_equal
 from fedjax_seq.algorithms import rules
 from fedjax_seq.algorithms.fedavg import fedavg, feddyn, scaffold
 from fedjax_seq.algorithms.fedseq import fedseq, make_superclients
 from fedjax_seq.algorithms.fedseq_inter import fedseq_inter
 from fedjax_seq.core import server as server_lib
 from fedjax_seq.core.rounds import make_round, round_keys, sample_ids, with_host_client_state
-from fedjax_seq.training import experiment
-from fedjax_seq.training.checkpoint import Checkpointer
-from fedjax_seq.training.train import train_and_evaluate
 
 SIZES = [5, 3, 8, 2, 4, 6]
 K = len(SIZES)
@@ -300,35 +297,3 @@ def test_constructors_refuse_bad_values_with_plain_messages():
       make()
   feddyn(trainer(), K, 0.5)  # uniform weighting, as FedDyn's server update
 
-
-# --- through the training loop (each server optimizer runs through main.py in test_cli.py) ---
-
-
-def small_config(algorithm, **overrides):
-  """The tiny run (tests/helpers.py), evaluated and checkpointed every round."""
-  return tiny_config(algorithm, eval_every=1, checkpoint_every=1, **overrides)
-
-
-def test_server_optimizer_run_resumes_exactly(tmp_path):
-  """A FedSeq+SCAFFOLD run with FedAdam stopped after round 2 and resumed to round 4 equals
-  an uninterrupted 4-round run: metrics and the whole checkpointed state, Adam's included."""
-  # Random grouping: formation (client pre-training) is not what this test is about.
-  c = small_config("fedseq_scaffold", **{"server.optimizer": "adam", "server.lr": 0.03,
-                                        "fedseq.grouping": "random"})
-  c.rounds = 4
-  a = train_and_evaluate(c, str(tmp_path / "a"))
-  c.rounds = 2
-  train_and_evaluate(c, str(tmp_path / "b"))
-  c.rounds = 4
-  b = train_and_evaluate(c, str(tmp_path / "b"))
-  untimed = lambda rs: [{k: v for k, v in r.items() if k not in ("elapsed_s", "s_per_round")}
-                        for r in rs]
-  assert untimed(a) == untimed(b) and len(b) == 4
-  exp = experiment.build(c)
-  states = []
-  for d in ("a", "b"):
-    ckpt = Checkpointer(str(tmp_path / d))
-    states.append(ckpt.restore(4, exp.algorithm.init(exp.init_params))[0])
-    ckpt.close()
-  assert isinstance(states[1].opt[0], server_lib.FedOptState)
-  assert_trees_equal(states[0], states[1])

@@ -211,9 +211,9 @@ def computed(strategy: str) -> dict:
   round differently, and these bytes are the defaults'."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "fingerprints.json")
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("FEDJAX_SEQ_TESTS_XLA_FLAGS", ""))
-    # 24 cases: about 110 s inside the suite on a 2-core machine; the test's own limit is 600 s.
-    proc = helpers.python(__file__, "--fingerprints", strategy, out, env=env, timeout=500)
+    # 24 cases: about 150 s inside the suite on a 2-core machine; the test's own limit is 600 s.
+    proc = helpers.python(__file__, "--fingerprints", strategy, out,
+                          env=helpers.with_user_xla_flags(), timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
       return json.load(f)

@@ -18,6 +18,7 @@ import pytest
 
 from helpers import (Command, assert_trees_equal, main_py, run, tiny_config, tiny_flags,
                      wait_until)
+from fedjax_seq.core.server import FedOptState
 from fedjax_seq.errors import InputError
 from fedjax_seq.training import experiment as experiment_lib
 from fedjax_seq.training.checkpoint import Checkpointer
@@ -85,9 +86,13 @@ def interrupt_at(monkeypatch, stop_round):
   monkeypatch.setattr(experiment_lib, "build", build)
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold", "fedseq_inter"])
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, algorithm):
-  full = config(algorithm, rounds=6, eval_every=2, checkpoint_every=1)
+# SCAFFOLD with FedAdam on the server: per-client rows and the server optimizer's moments
+# both resume through the checkpoint.
+@pytest.mark.parametrize("algorithm,server", [
+    ("fedavg", {}), ("scaffold", {"server.optimizer": "adam", "server.lr": 0.03}),
+    ("fedseq_inter", {})])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, algorithm, server):
+  full = config(algorithm, rounds=6, eval_every=2, checkpoint_every=1, **server)
   a = train_and_evaluate(full, str(tmp_path / "a"))
   # Interrupted in round 4, after round 3's checkpoint: between evaluations, so
   # round 3's training loss must survive in the checkpoint.
@@ -102,7 +107,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, alg
   assert without_time(a) == without_time(b)
   on_disk = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
   assert without_time(on_disk) == without_time(a)
-  assert_trees_equal(final_state(tmp_path / "a", full), final_state(tmp_path / "b", full))
+  final_a, final_b = final_state(tmp_path / "a", full), final_state(tmp_path / "b", full)
+  assert_trees_equal(final_a, final_b)
+  if server:  # the optimizer's state was restored, not re-initialized
+    assert isinstance(final_b.opt[0], FedOptState), final_b.opt
   if algorithm.startswith("fedseq"):
     sa, sb = (json.loads((tmp_path / d / "superclients.json").read_text()) for d in "ab")
     sa.pop("formation_s"), sb.pop("formation_s")
