@@ -50,13 +50,11 @@ def call_at_xla_default(fn, *args):
   return jax.jit(fn).lower(*args).compile(compiler_options=XLA_DEFAULT_CODEGEN)(*args)
 
 
-def with_user_xla_flags(env=None) -> dict:
-  """`env` (default: this process's) with XLA_FLAGS as the user started the suite: for a
-  command whose numbers must be the defaults' (the golden bytes) or that runs long enough
-  for the suite's cheaper compilation to cost more than it saves (tests/conftest.py)."""
-  env = dict(os.environ if env is None else env)
-  env["XLA_FLAGS"] = os.environ.get("FEDJAX_SEQ_TESTS_XLA_FLAGS", "")
-  return env
+def with_user_xla_flags() -> dict:
+  """This process's environment with XLA_FLAGS as the user started the suite: for a command
+  whose numbers must be the defaults' (the golden bytes) or that runs long enough for the
+  suite's cheaper compilation to cost more than it saves (tests/conftest.py)."""
+  return dict(os.environ, XLA_FLAGS=os.environ.get("FEDJAX_SEQ_TESTS_XLA_FLAGS", ""))
 
 
 # ----------------------------------------------------------------------- the tiny run

@@ -211,7 +211,7 @@ def computed(strategy: str) -> dict:
   round differently, and these bytes are the defaults'."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "fingerprints.json")
-    # 24 cases: about 150 s inside the suite on a 2-core machine; the test's own limit is 600 s.
+    # Killed at 500 s, before the test's own limit (setup.cfg), so a hang names this command.
     proc = helpers.python(__file__, "--fingerprints", strategy, out,
                           env=helpers.with_user_xla_flags(), timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -79,6 +79,7 @@ def test_strategy_auto_loops_on_cpu_for_convolutional_models_and_ragged_clients(
            "user dense": is_convolutional(_DenseNet(), shape)}
   assert found == {"lenet im2col": True, "lenet xla": True, "user conv": True, "mlp": False,
                    "user dense": False}
+
   def resolve(strategy, convolutional, equal_sizes, backend):
     return engine.resolve_strategy(strategy, convolutional=convolutional,
                                    equal_sizes=equal_sizes, backend=backend)
