@@ -3,17 +3,19 @@
 The suite's time is mostly XLA compiling hundreds of small programs, so:
 
 - XLA's backend (LLVM) optimises at level 0 without its expensive passes
-  instead of its default level 3: the same programs compile faster and run
-  slower (benchmarks/RESULTS.md, section 10). The few long runs (real data
-  over tens of rounds) run as commands with the XLA flags the suite was
-  started with (helpers.with_user_xla_flags). The level can round float32
+  instead of its default level 3, and XLA:CPU emits fusions without its
+  fusion emitters: the same programs compile faster and run slower
+  (benchmarks/RESULTS.md, section 10). The few long runs (real data over
+  tens of rounds) run as commands with the XLA flags the suite was started
+  with (helpers.with_user_xla_flags). These settings can round float32
   arithmetic differently, so tests compare formulations with each other
   (loop = vmap, resumed = uninterrupted...) and with references at
   tolerances, all under these flags; tests/test_bit_identity.py, which holds
   the bytes of the defaults, computes them in commands run with the user's
   flags, and a test that compares two different programs bit for bit
-  compiles them at XLA's default level (helpers.call_at_xla_default). A
-  level the user sets in XLA_FLAGS is kept.
+  compiles them at XLA's defaults (helpers.call_at_xla_default) or at least
+  with its fusion emitters (helpers.call_with_fusion_emitters). A level the
+  user sets in XLA_FLAGS keeps all of the user's flags.
 - The persistent cache turns repeated compilations (in-process and through
   main.py) into loads; a cache hit runs the same executable.
 
@@ -38,7 +40,8 @@ os.environ.setdefault("FEDJAX_SEQ_TESTS_XLA_FLAGS", os.environ.get("XLA_FLAGS", 
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                       "--xla_backend_optimization_level=0",
-                                      "--xla_llvm_disable_expensive_passes=true"]).strip()
+                                      "--xla_llvm_disable_expensive_passes=true",
+                                      "--xla_cpu_use_fusion_emitters=false"]).strip()
 
 import helpers  # noqa: E402  (after the cache settings: it imports JAX)
 

@@ -9,8 +9,9 @@
   polling loop under a deadline. A command that overruns is killed with
   its whole process group (main.py re-executes itself; a sweep starts
   main.py) and the test fails saying which command and what it printed.
-- `call_at_xla_default`: a call compiled at XLA's default optimisation
-  level, for claims of bit-for-bit equality between two programs;
+- `call_at_xla_default`, `call_with_fusion_emitters`: a call compiled with
+  XLA's own code generation (or nearer to it than the suite's), for claims
+  of bit-for-bit equality between two programs;
   `with_user_xla_flags`: the environment of a command that runs with the
   XLA flags the suite was started with (long runs, the golden bytes).
 - `assert_trees_equal` / `assert_trees_close`: two pytrees, leaf by leaf,
@@ -39,15 +40,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 300
 
 
-# XLA's own backend code generation. The suite compiles with cheaper settings (tests/conftest.py);
-# a test whose claim is bit-for-bit equality of two different programs compiles them with these.
+# XLA's own code generation. The suite compiles with cheaper settings (tests/conftest.py); a
+# test whose claim is bit-for-bit equality of two different programs compiles them with these,
+# or at least with XLA's fusion emitters back on: without them XLA:CPU emits its fusions in
+# other ways, which can round two formulations of one computation differently.
 XLA_DEFAULT_CODEGEN = {"xla_backend_optimization_level": 3,
-                       "xla_llvm_disable_expensive_passes": False}
+                       "xla_llvm_disable_expensive_passes": False,
+                       "xla_cpu_use_fusion_emitters": True}
+FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
+
+
+def _call_compiled(fn, args, options: dict):
+  return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
 
 
 def call_at_xla_default(fn, *args):
-  """fn(*args), jitted and compiled at XLA's default backend optimisation level."""
-  return jax.jit(fn).lower(*args).compile(compiler_options=XLA_DEFAULT_CODEGEN)(*args)
+  """fn(*args), jitted and compiled with XLA's default code generation."""
+  return _call_compiled(fn, args, XLA_DEFAULT_CODEGEN)
+
+
+def call_with_fusion_emitters(fn, *args):
+  """fn(*args), jitted and compiled at the suite's backend level with XLA's fusion emitters on:
+  cheaper than `call_at_xla_default`, for larger programs (a LeNet round)."""
+  return _call_compiled(fn, args, FUSION_EMITTERS)
 
 
 def with_user_xla_flags() -> dict:

@@ -139,10 +139,28 @@ def load_groups(workdir: str) -> tuple[list[np.ndarray], dict] | None:
     raise InputError(f"cannot read {path} ({e}); move the workdir away to start over") from None
 
 
+def _tensorboardx():
+  """tensorboardX's SummaryWriter and hparams, imported without PyTorch.
+
+  tensorboardX imports torch wherever it is installed, only for a type
+  hint, and importing torch takes longer than the rest of a small run's
+  start; with torch marked absent it falls back to NumPy's types.
+  """
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX.summary import hparams  # pylint: disable=import-outside-toplevel
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter, hparams
+
+
 def tensorboard(workdir: str, config, purge_step: int | None):
   """TensorBoard event files without TensorFlow (tensorboardX), hparams included."""
-  from tensorboardX import SummaryWriter
-  from tensorboardX.summary import hparams
+  SummaryWriter, hparams = _tensorboardx()  # pylint: disable=invalid-name
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
   flat = {k: v for k, v in files.flatten(json.loads(config.to_json())).items()
           if isinstance(v, (bool, int, float, str))}
