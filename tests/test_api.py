@@ -1,7 +1,5 @@
-"""The library API: the docs' example runs, and build() gives main.py's rounds."""
-
-import os
-import re
+"""The library API: build() gives main.py's rounds (the docs' example runs in
+tests/test_end_to_end.py, on real data)."""
 
 import jax
 import numpy as np
@@ -12,26 +10,6 @@ from configs import default
 from helpers import assert_trees_equal, tiny_config
 from fedjax_seq.errors import InputError
 from fedjax_seq.training.train import train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def readme_example() -> str:
-  """The first python block of the "Use from Python" section of docs/getting_started.md."""
-  text = open(os.path.join(ROOT, "docs", "getting_started.md")).read()
-  section = text.split("\n## Use from Python\n", 1)[1].split("\n## ", 1)[0]
-  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_readme_example_learns_fashion_mnist(capsys):
-  code = readme_example()
-  assert "fedjax_seq.build(" in code and len(code.strip().splitlines()) <= 15
-  namespace = {}
-  exec(compile(code, "docs/getting_started.md", "exec"), namespace)  # pylint: disable=exec-used
-  # 10 classes: chance is 0.1; measured 0.737 after 20 rounds.
-  assert namespace["accuracy"] > 0.6, namespace["accuracy"]
-  assert namespace["loss"] < 1.5
-  assert "FedSeq after 20 rounds: test accuracy" in capsys.readouterr().out
 
 
 def test_default_config_is_the_config_files_base():
