@@ -15,8 +15,6 @@ import os
 import statistics
 from typing import Any, Optional, Sequence
 
-from scipy import stats
-
 from fedjax_seq import files
 from fedjax_seq.errors import InputError
 
@@ -194,6 +192,7 @@ def setting_text(fields: dict, limit: int = 3) -> str:
 def mean_ci95(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
   """(mean, half-width of the two-sided 95% Student-t interval with n-1 degrees of
   freedom); one value is returned as is with no interval, none gives (None, None)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel  # slow to import; rarely used
   n = len(values)
   if n < 2:
     return (values[0] if values else None), None
