@@ -114,8 +114,8 @@ def _fedavg_round_bytes(height, channels, strategy):
   c.client.fraction, c.engine.strategy = 1.0, strategy
   exp = experiment.build(c)
   # Compared bit for bit with another program: both compiled with XLA's fusion emitters.
-  state, _ = call_with_fusion_emitters(exp.round_fn, exp.algorithm.init(exp.init_params), exp.data,
-                                 experiment.round_key(0, 1))
+  state = exp.algorithm.init(exp.init_params)
+  state, _ = call_with_fusion_emitters(exp.round_fn, state, exp.data, experiment.round_key(0, 1))
   return [np.asarray(p).tobytes() for p in jax.tree.leaves(state.params)]
 
 
