@@ -58,7 +58,7 @@ def config_files() -> list[str]:
 def print_help() -> None:
   """--help: usage, the config files, the algorithms, where the fields are, the flags."""
   from fedjax_seq import registry
-  from fedjax_seq.training.experiment import ALGORITHMS
+  from fedjax_seq.algorithms.registry import ALGORITHMS
   datasets = [f"{n}:{e.argument}" if e.argument else n for n, e in registry.DATASETS.items()]
   print(HELP.format(configs=" ".join(config_files()), algorithms=" ".join(ALGORITHMS),
                     models=" ".join(registry.MODELS), datasets=" ".join(datasets),
