@@ -119,9 +119,9 @@ def test_beats_fedavg_on_pathological_split(tmp_path, fedavg_accuracy, request, 
   """The paper's central claim (FedSeq), and the stateful baselines' point, at equal rounds.
 
   Measured (mean test accuracy of the last three evaluations, rounds 30-42,
-  XLA's default flags): FedAvg 0.677, SCAFFOLD 0.722,
-  FedDyn 0.735, FedSeq 0.750 (60 rounds gave the same order). FedSeq's run
-  is the docs' example continued (docs_run); the others are main.py's.
+  XLA's default flags): FedAvg 0.677, SCAFFOLD 0.722, FedDyn 0.735, FedSeq
+  0.749 (60 rounds gave the same order). FedSeq's run is the docs' example
+  continued (docs_run); the others are main.py's.
   """
   if algorithm == "fedseq":
     accuracy = sum(request.getfixturevalue("docs_run")[1]["last_three"]) / 3
