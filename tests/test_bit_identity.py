@@ -86,8 +86,8 @@ STRATEGIES = ("loop", "vmap")
 # models on a CPU) runs every case outside the FedSeq family, where its numbers differ from
 # vmap's, and three of the family: there a superclient's sequential pass is the same scan under
 # both strategies, and every family case's stored parameters and state are identical under the
-# two (loop = vmap is also asserted, at a tolerance, by tests/test_fedseq.py and
-# tests/test_published.py).
+# two (the family's loop strategy is also checked at a tolerance, against the vmapped round or a
+# NumPy reference, by tests/test_fedseq.py and tests/test_published.py).
 LOOP_CASES = ("fedavg", "fedprox", "scaffold", "feddyn", "centralized", "feddyn:original",
               "centralized:original", "fedprox:momentum", "fedavg:unequal", "fairavg:unequal",
               "fedseq", "fedseq_dyn", "fedseq_inter:original")
@@ -96,6 +96,8 @@ LOOP_CASES = ("fedavg", "fedprox", "scaffold", "feddyn", "centralized", "feddyn:
 def cases_under(strategy: str) -> list[str]:
   """The cases whose numbers are kept under `strategy`."""
   return list(LOOP_CASES) if strategy == "loop" else list(CASES)
+
+
 # Numbers may move by this much, relatively (largest_relative_difference), where the bytes are
 # not compared (another jax, jaxlib or CPU). Measured on this file's values: the loop and vmap
 # programs of one case, which XLA compiles and orders differently, differ by at most 1.2e-7

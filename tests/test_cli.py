@@ -58,9 +58,9 @@ def run_main(*args):
 # Each building block through main.py once: a weighting, each client rule (prox, dyn, scaffold),
 # a chain with a stateful rule, the bank with a rule, the pooled baseline, and each server
 # optimizer (FedAvgM, FedAdam, FedYogi, FedAdagrad) on a family. main.py's path is the same for
-# every algorithm; SCAFFOLD's and FedDyn's own configs run through it in
-# tests/test_end_to_end.py; every config's numbers are pinned in-process by
-# tests/test_bit_identity.py, and the server optimizers against NumPy by tests/test_algebra.py.
+# every algorithm; SCAFFOLD and FedDyn run through it on real data in tests/test_end_to_end.py;
+# every config file's numbers are pinned in-process by tests/test_bit_identity.py, and the server
+# optimizers against NumPy by tests/test_algebra.py.
 THROUGH_MAIN = {  # config: (server optimizer, server lr)
     "fairavg": ("momentum", 1.0), "fedprox": ("adam", 0.03), "fedseq_dyn": ("yogi", 0.03),
     "fedseq_inter_prox": ("sgd", 1.0), "fedseq_inter_scaffold": ("adagrad", 0.03),
