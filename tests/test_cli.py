@@ -72,7 +72,7 @@ def test_main_runs_learns_and_writes_metrics(tmp_path, config):
   workdir = tmp_path / "run"
   optimizer, server_lr = THROUGH_MAIN[config]
   # The tiny run (its programs are compiled once for the suite) with IID clients and lr 0.1:
-  # every algorithm reaches 0.36-0.63 test accuracy by round 4 (measured), chance is 0.1.
+  # every one reaches 0.44-0.63 test accuracy by round 4 (RESULTS.md, section 10), chance 0.1.
   proc = run_main(f"--config=configs/{config}.py", f"--workdir={workdir}",
                   *tiny_flags(**{"data.iid": True, "client.lr": 0.1, "rounds": 4,
                                  "eval_every": 2, "server.optimizer": optimizer,

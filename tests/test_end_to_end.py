@@ -8,7 +8,7 @@ import re
 import pytest
 
 from configs import default
-from helpers import ROOT, main_py, python, with_user_xla_flags
+from helpers import ROOT, main_py, override, python, with_user_xla_flags
 from fedjax_seq.training.train import train_and_evaluate
 
 
@@ -49,17 +49,16 @@ def test_lenet_runs_on_grey_28x28_images(tmp_path):
 # The pathological split: 500 clients of 120 images of one class; MLP, 42 rounds, evaluated
 # every 6. Run as commands with the XLA flags the suite was started with: long runs, which the
 # suite's cheaper compilation (tests/conftest.py) would slow down.
-PATHOLOGICAL = ("--config=configs/default.py", "--config.data.name=fashion_mnist",
-                "--config.data.alpha=0.0", "--config.model.name=mlp",
-                "--config.fedseq.evaluator_model=mlp", "--config.client.lr=0.05",
-                "--config.rounds=42", "--config.eval_every=6")
+PATHOLOGICAL = {"data.name": "fashion_mnist", "data.alpha": 0.0, "model.name": "mlp",
+                "fedseq.evaluator_model": "mlp", "client.lr": 0.05}  # on configs/default.py
 LAST_THREE = (30, 36, 42)  # the evaluations averaged
 
 
 def last_three_mean(workdir, algorithm) -> float:
   """The mean test accuracy of a main.py run's last three evaluations (rounds 30, 36, 42)."""
-  proc = main_py(*PATHOLOGICAL, f"--config.algorithm.name={algorithm}", f"--workdir={workdir}",
-                 env=with_user_xla_flags())
+  fields = {**PATHOLOGICAL, "rounds": 42, "eval_every": 6, "algorithm.name": algorithm}
+  proc = main_py("--config=configs/default.py", *(f"--config.{k}={v}" for k, v in fields.items()),
+                 f"--workdir={workdir}", env=with_user_xla_flags())
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in records] == list(range(6, 43, 6)), records
@@ -83,7 +82,8 @@ for r in range(21, 43):
   state, _ = exp.round(state, r)
   if r in {LAST_THREE}:
     later[r] = exp.evaluate(state)[0]
-print(json.dumps({{"accuracy": accuracy, "loss": loss, "last_three": list(later.values())}}))
+print(json.dumps({{"accuracy": accuracy, "loss": loss, "last_three": list(later.values()),
+                  "config": json.loads(config.to_json())}}))
 """
 
 
@@ -124,7 +124,11 @@ def test_beats_fedavg_on_pathological_split(tmp_path, fedavg_accuracy, request, 
   continued (docs_run); the others are main.py's.
   """
   if algorithm == "fedseq":
-    accuracy = sum(request.getfixturevalue("docs_run")[1]["last_three"]) / 3
+    numbers = request.getfixturevalue("docs_run")[1]
+    # The example's config is the pathological split's (its rounds aside: the API takes them).
+    want = override(default.get_config(), {**PATHOLOGICAL, "algorithm.name": "fedseq"})
+    assert numbers["config"] == json.loads(want.to_json())
+    accuracy = sum(numbers["last_three"]) / 3
   else:
     accuracy = last_three_mean(tmp_path / "run", algorithm)
   assert accuracy >= fedavg_accuracy + margin, (algorithm, accuracy, fedavg_accuracy)

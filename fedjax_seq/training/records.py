@@ -143,8 +143,8 @@ def _tensorboardx():
   """tensorboardX's SummaryWriter and hparams, imported without PyTorch.
 
   tensorboardX imports torch wherever it is installed, only for a type
-  hint, and importing torch takes longer than the rest of a small run's
-  start; with torch marked absent it falls back to NumPy's types.
+  hint; torch is slow to import and nothing here needs it. With torch
+  marked absent, tensorboardX falls back to NumPy's types.
   """
   blocked = "torch" not in sys.modules
   if blocked:
