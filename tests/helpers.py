@@ -9,7 +9,8 @@
   polling loop under a deadline. A command that overruns is killed with
   its whole process group (main.py re-executes itself; a sweep starts
   main.py) and the test fails saying which command and what it printed.
-- `call_at_xla_default`, `call_with_fusion_emitters`: a call compiled with
+- `call_at_xla_default`, `call_with_fusion_emitters` (and
+  `compile_with_fusion_emitters`, to call it again): a call compiled with
   XLA's own code generation (or nearer to it than the suite's), for claims
   of bit-for-bit equality between two programs;
   `with_user_xla_flags`: the environment of a command that runs with the
@@ -50,19 +51,21 @@ XLA_DEFAULT_CODEGEN = {"xla_backend_optimization_level": 3,
 FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
 
 
-def _call_compiled(fn, args, options: dict):
-  return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
-
-
 def call_at_xla_default(fn, *args):
   """fn(*args), jitted and compiled with XLA's default code generation."""
-  return _call_compiled(fn, args, XLA_DEFAULT_CODEGEN)
+  return jax.jit(fn).lower(*args).compile(compiler_options=XLA_DEFAULT_CODEGEN)(*args)
+
+
+def compile_with_fusion_emitters(fn, *args):
+  """fn jitted and compiled for `args`' shapes at the suite's backend level with XLA's fusion
+  emitters on (cheaper than XLA's defaults, for larger programs: a LeNet round); the compiled
+  function takes any arguments of those shapes, so a loop of rounds compiles once."""
+  return jax.jit(fn).lower(*args).compile(compiler_options=FUSION_EMITTERS)
 
 
 def call_with_fusion_emitters(fn, *args):
-  """fn(*args), jitted and compiled at the suite's backend level with XLA's fusion emitters on:
-  cheaper than `call_at_xla_default`, for larger programs (a LeNet round)."""
-  return _call_compiled(fn, args, FUSION_EMITTERS)
+  """fn(*args), compiled by `compile_with_fusion_emitters`."""
+  return compile_with_fusion_emitters(fn, *args)(*args)
 
 
 def with_user_xla_flags() -> dict:
